@@ -1,0 +1,127 @@
+"""`manager-gateway`: serve, token, ledger verify."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from pathlib import Path
+
+import structlog
+
+from .config import Settings, load_settings
+from .logging import configure_logging
+from .runtime.verify import verify_ledger
+from .server.app import Gateway, signing_secret
+from .session.access import SessionType
+from .session.tokens import TokenService
+
+ROLES = {"user": SessionType.USER, "manager": SessionType.MANAGER,
+         "dealer": SessionType.DEALER, "admin": SessionType.ADMIN}
+
+
+def _install_event_loop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _serve(settings: Settings) -> None:
+    gateway = Gateway(settings)
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # Scripts (tools/serve, the tests) wait for this line to know the port is open.
+    print(f"manager-gateway listening on {settings.host}:{gateway.port}", flush=True)
+    await stop.wait()
+    await gateway.shutdown()
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        Path(args.config) if getattr(args, "config", None) else None,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(settings.log_format, settings.log_level)
+    _install_event_loop()
+    asyncio.run(_serve(settings))
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    tokens = TokenService(signing_secret(settings))
+    groups = [mask.strip() for mask in args.groups.split(",") if mask.strip()]
+    token = tokens.issue(
+        str(args.login), ROLES[args.role], groups or ["*"], int(time.time()) + args.ttl_s
+    )
+    print(token)
+    return 0
+
+
+def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    problems, summary = verify_ledger(Path(settings.data_dir))
+    print(summary)
+    for problem in problems:
+        print(f"MISMATCH {problem}")
+    if problems:
+        print(f"ledger inconsistent: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print("ledger consistent")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="manager-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway in the foreground")
+    serve.add_argument("--config", help="TOML settings file (see config/gateway.example.toml)")
+    serve.add_argument("--data-dir", help="ledger and secret directory (default ./var)")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 8080, 0 = any free port)")
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="print a signed session token")
+    token.add_argument("--config", help="TOML settings file")
+    token.add_argument("--data-dir", help="the server's data directory (holds the secret)")
+    token.add_argument("--login", type=int, required=True, help="the session's login (sub)")
+    token.add_argument("--role", choices=sorted(ROLES), required=True)
+    token.add_argument("--groups", default="*", help="comma-separated group masks (default *)")
+    token.add_argument("--ttl-s", type=int, default=24 * 3600, help="lifetime in seconds")
+    token.set_defaults(func=cmd_token)
+
+    ledger = sub.add_parser("ledger", help="ledger maintenance")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
+    verify = ledger_sub.add_parser("verify", help="check the ledger's consistency")
+    verify.add_argument("--config", help="TOML settings file")
+    verify.add_argument("--data-dir", help="the data directory to check")
+    verify.set_defaults(func=cmd_ledger_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (FileNotFoundError, ValueError) as exc:
+        structlog.get_logger().error("startup_failed", error=str(exc))
+        print(f"manager-gateway: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The command table: name -> data model, handler, session types allowed.
+
+The dispatcher looks a command up here, checks the role once, validates `data` against the model
+and calls the handler. Adding a command is adding a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..protocol.models import (
+    AddUserData,
+    BalanceInData,
+    BalanceOutData,
+    ChannelsData,
+    CommandData,
+    CreditInData,
+    CreditOutData,
+    EmptyData,
+    LoginData,
+    LoginsData,
+    OrderData,
+    TradesFilterData,
+)
+from ..runtime.records import Cmd
+from ..session.access import SessionType
+from ..session.permissions import ACCOUNT_CREATORS, EVERYONE, STAFF
+from . import accounts, finance, subscriptions, trades
+
+Handler = Callable[[Any, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    model: type[CommandData]
+    handler: Handler
+    roles: frozenset[SessionType]
+    changes_state: bool = False
+
+
+def _finance_rows() -> dict[str, CommandSpec]:
+    rows = {}
+    for name, model, cmd in (
+        ("BalanceIn", BalanceInData, Cmd.BALANCE_IN),
+        ("BalanceOut", BalanceOutData, Cmd.BALANCE_OUT),
+        ("CreditIn", CreditInData, Cmd.CREDIT_IN),
+        ("CreditOut", CreditOutData, Cmd.CREDIT_OUT),
+    ):
+        rows[name] = CommandSpec(model, finance.finance(cmd, sync=False), STAFF, True)
+        rows[name + "Sync"] = CommandSpec(model, finance.finance(cmd, sync=True), STAFF, True)
+    for name, credit in (("DeleteBalance", False), ("DeleteCredit", True)):
+        rows[name] = CommandSpec(OrderData, finance.delete(credit, sync=False), STAFF, True)
+        rows[name + "Sync"] = CommandSpec(OrderData, finance.delete(credit, sync=True), STAFF, True)
+    return rows
+
+
+COMMANDS: dict[str, CommandSpec] = {
+    **_finance_rows(),
+    "AddUser": CommandSpec(AddUserData, accounts.add_user, ACCOUNT_CREATORS, True),
+    "GetAccountByLogin": CommandSpec(LoginData, accounts.get_account_by_login, STAFF),
+    "GetUserBalanceList": CommandSpec(LoginsData, accounts.get_user_balance_list, STAFF),
+    "GetGroups": CommandSpec(EmptyData, accounts.get_groups, STAFF),
+    "MngGetTradesByFilter": CommandSpec(TradesFilterData, trades.get_trades_by_filter, STAFF),
+    "GetTradeByOrder": CommandSpec(OrderData, trades.get_trade_by_order, EVERYONE),
+    "Subscribe": CommandSpec(ChannelsData, subscriptions.subscribe, EVERYONE),
+    "Unsubscribe": CommandSpec(ChannelsData, subscriptions.unsubscribe, EVERYONE),
+    "SubscribeAll": CommandSpec(EmptyData, subscriptions.subscribe_all, EVERYONE),
+    "UnsubscribeAll": CommandSpec(EmptyData, subscriptions.unsubscribe_all, EVERYONE),
+}
+
+#: Answered without a token: load balancers and probes use it.
+HEALTH_CHECK = "HealthCheck"
+ALL_COMMANDS = frozenset({*COMMANDS, HEALTH_CHECK})

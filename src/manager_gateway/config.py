@@ -1,0 +1,109 @@
+"""Settings: one frozen object, loaded once at start and passed down.
+
+Precedence, lowest first: the defaults below, `GATEWAY_<NAME>` environment variables, the TOML file
+given with `--config`, and the command-line flags `--host`, `--port`, `--data-dir`. Every setting
+is documented in `config/gateway.example.toml`.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class GroupConfig(BaseModel):
+    """A trading group accounts belong to; its currency fixes the digits of money amounts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    currency: Annotated[str, Field(min_length=3, max_length=3)] = "USD"
+    digits: Annotated[int, Field(ge=0, le=8)] = 2
+    default_leverage: Annotated[int, Field(ge=1, le=10_000)] = 100
+
+    @property
+    def quantum(self) -> Decimal:
+        return Decimal(1).scaleb(-self.digits)
+
+    def to_wire(self) -> dict[str, object]:
+        return {
+            "group": self.name,
+            "currency": self.currency,
+            "digits": self.digits,
+            "default_leverage": self.default_leverage,
+        }
+
+
+DEFAULT_GROUPS = (GroupConfig(name="demo", currency="USD", digits=2),)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", frozen=True, extra="forbid")
+
+    # Where to listen and where to keep state.
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    data_dir: Path = Path("var")
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    # Limits and flow control (PROTOCOL.md section 8).
+    max_frame_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    max_inflight: Annotated[int, Field(ge=1)] = 1024
+    max_outbound_bytes: Annotated[int, Field(ge=64 * 1024)] = 8 * 1024 * 1024
+    max_auth_failures: Annotated[int, Field(ge=1)] = 10
+    auth_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    frame_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    max_connections: Annotated[int, Field(ge=1)] = 20_000
+
+    # Sync commands and retries (sections 6 and 7).
+    sync_timeout_ms: Annotated[int, Field(ge=1)] = 5000
+    idempotency_ttl_s: Annotated[int, Field(ge=1)] = 24 * 3600
+
+    # Runtime and ledger.
+    ledger_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    max_batch: Annotated[int, Field(ge=1)] = 4096
+    shutdown_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    jwt_secret: str | None = None
+    groups: tuple[GroupConfig, ...] = DEFAULT_GROUPS
+
+    # Logs.
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def groups_by_name(self) -> dict[str, GroupConfig]:
+        return {group.name: group for group in self.groups}
+
+
+def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
+    """Defaults < environment < `config_file` (TOML) < `overrides` (command-line flags)."""
+    if config_file is not None and not config_file.is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+
+    class _Settings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings]
+            if config_file is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            sources.append(env_settings)
+            return tuple(sources)
+
+    given = {name: value for name, value in overrides.items() if value is not None}
+    return _Settings(**given)  # type: ignore[arg-type]

@@ -1,0 +1,267 @@
+"""The single writer: takes operations in arrival order, applies a batch, commits it, announces it.
+
+One task owns all account state. Each turn it drains what is queued (up to `max_batch`), applies
+each operation to a `Transaction` overlay (a rejection goes straight back to its caller), writes the
+batch to the ledger in one durable transaction on the ledger thread, and only then publishes the new
+state, answers the callers and emits `trade:event` / `balance:event` in operation order.
+
+Idempotency (PROTOCOL.md section 7) is decided here too, because only the single writer can tell
+"already applied", "being applied in this batch" and "new" apart without races.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import orjson
+import structlog
+
+from ..clock import Clock
+from ..config import GroupConfig
+from ..protocol.errors import GatewayError, IdempotencyMismatch, InternalError, ShuttingDown
+from ..waiters import WaiterRegistry
+from .operations import Effect, Operation, OpKind, apply_add_user, apply_delete, apply_finance
+from .records import Account, FinanceRecord
+from .state import KeyEntry, State, Transaction
+from .storage import IdempotencyKey, Storage
+
+log = structlog.get_logger("manager_gateway.mainloop")
+
+
+class EventSink(Protocol):
+    """Where committed changes are announced (the server's fan-out to sessions)."""
+
+    def trade_event(self, event_type: int, account: Account, data_json: bytes) -> None: ...
+
+    def balance_event(self, account: Account, data_json: bytes) -> None: ...
+
+
+class MainLoop:
+    def __init__(
+        self,
+        storage: Storage,
+        waiters: WaiterRegistry,
+        sink: EventSink,
+        clock: Clock,
+        groups: dict[str, GroupConfig],
+        idempotency_ttl_s: int,
+        max_batch: int = 4096,
+    ) -> None:
+        self._storage = storage
+        self._waiters = waiters
+        self._sink = sink
+        self._clock = clock
+        self._groups = groups
+        self._ttl_s = idempotency_ttl_s
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[Operation | None] = asyncio.Queue()
+        # One thread, so SQLite is only ever used from one thread and commits stay ordered.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.state: State
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        snapshot = await loop.run_in_executor(self._executor, self._storage.load)
+        self.state = State(snapshot)
+        self._task = asyncio.create_task(self._run(), name="main-loop")
+        log.info(
+            "main_loop_started",
+            accounts=len(self.state.accounts),
+            records=len(self.state.records),
+            idempotency_keys=len(self.state.keys),
+            next_order=self.state.next_order,
+        )
+
+    async def stop(self) -> None:
+        """Refuse new operations, finish every queued one, then close the ledger."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._queue.put_nowait(None)
+        await self._task
+        self._task = None
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._storage.close)
+        self._executor.shutdown(wait=True)
+
+    def submit(self, op: Operation) -> None:
+        if self._closing:
+            raise ShuttingDown()
+        self._queue.put_nowait(op)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        queue = self._queue
+        while True:
+            first = await queue.get()
+            ops = [first]
+            while len(ops) < self._max_batch and not queue.empty():
+                ops.append(queue.get_nowait())
+            stop = None in ops
+            await self._process([op for op in ops if op is not None])
+            if stop:
+                # Whatever arrived behind the stop marker was submitted before `_closing` was
+                # set; it still gets an answer.
+                while not queue.empty():
+                    rest = [op for op in [queue.get_nowait()] if op is not None]
+                    await self._process(rest)
+                return
+
+    async def _process(self, ops: list[Operation]) -> None:
+        if not ops:
+            return
+        started = time.perf_counter()
+        tx = Transaction(self.state)
+        now = self._clock.wall()
+        applied: list[tuple[Operation, Effect]] = []
+        for op in ops:
+            try:
+                effect = self._apply(tx, op, now)
+            except GatewayError as error:
+                self._reject(op, error)
+                log.info("operation_rejected", command=op.command, ext_id=op.key[1],
+                         error=error.code, message=error.message)
+                continue
+            except Exception:
+                log.exception("operation_failed", command=op.command, ext_id=op.key[1])
+                self._reject(op, InternalError())
+                continue
+            if effect is not None:
+                applied.append((op, effect))
+        if not applied:
+            return
+        self._expire_keys(tx, now)
+        commit_started = time.perf_counter()
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._storage.commit, tx.batch
+            )
+        except Exception as exc:
+            log.error("ledger_commit_failed", error=str(exc), operations=len(applied))
+            self._abandon(tx, applied)
+            return
+        commit_ms = (time.perf_counter() - commit_started) * 1000
+        self.state.apply(tx)
+        for op, effect in applied:
+            self._announce(op, effect)
+        log.debug(
+            "batch_committed",
+            operations=len(ops),
+            applied=len(applied),
+            commit_ms=round(commit_ms, 3),
+            total_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    def _apply(self, tx: Transaction, op: Operation, now: float) -> Effect | None:
+        """Apply `op` to `tx`; None when it is a retry answered from its key."""
+        entry = self.state.keys.get(op.key)
+        if entry is not None and entry.created_at + self._ttl_s > now:
+            if entry.command != op.command or entry.digest != op.digest:
+                raise IdempotencyMismatch()
+            self._follow(entry, op)
+            return None
+        seconds = int(now)
+        if op.kind is OpKind.FINANCE:
+            effect = apply_finance(tx, op, seconds)
+        elif op.kind is OpKind.DELETE:
+            effect = apply_delete(tx, op, seconds)
+        else:
+            effect = apply_add_user(tx, op, seconds, self._groups)
+        order = effect.record.order if effect.record is not None else None
+        self.state.keys.pop(op.key, None)  # an expired key is re-inserted at the newest end
+        entry = KeyEntry(op.command, op.digest, effect.outcome, now, order, effect.event_type,
+                         committed=False)
+        self.state.keys[op.key] = entry
+        tx.new_keys.append(entry)
+        tx.batch.keys.append(
+            IdempotencyKey(op.key[0], op.key[1], op.command, op.digest, effect.outcome, now)
+        )
+        if op.waiter is not None and effect.record is not None and effect.event_type is not None:
+            self._waiters.bind(op.waiter, effect.record.order, effect.event_type)
+        return effect
+
+    def _follow(self, entry: KeyEntry, op: Operation) -> None:
+        """A retry of an applied operation: same outcome, nothing applied again."""
+        if not entry.committed:
+            entry.followers.append(op)
+            if op.waiter is not None and entry.order is not None and entry.event_type is not None:
+                self._waiters.bind(op.waiter, entry.order, entry.event_type)
+            return
+        self._settle(op, entry.outcome)
+
+    def _settle(self, op: Operation, outcome: dict[str, Any]) -> None:
+        """Answer a caller with a committed outcome (not through an event)."""
+        if op.future is not None and not op.future.done():
+            op.future.set_result(outcome)
+        if op.waiter is not None:
+            record = outcome.get("record")
+            if record is None:  # a Sync retry of a key that was made by a non-Sync command
+                self._waiters.reject(op.waiter, IdempotencyMismatch())
+            else:
+                self._waiters.resolve(op.waiter, orjson.dumps(record))
+
+    def _reject(self, op: Operation, error: GatewayError) -> None:
+        if op.future is not None and not op.future.done():
+            op.future.set_exception(error)
+        if op.waiter is not None:
+            self._waiters.reject(op.waiter, error)
+
+    def _abandon(self, tx: Transaction, applied: list[tuple[Operation, Effect]]) -> None:
+        """The commit failed: nothing of `tx` happened; its keys go, its callers are told."""
+        error = InternalError("the ledger could not record the operation; nothing was applied")
+        for op, _ in applied:
+            entry = self.state.keys.pop(op.key, None)
+            for follower in entry.followers if entry is not None else ():
+                self._reject(follower, error)
+            self._reject(op, error)
+
+    def _announce(self, op: Operation, effect: Effect) -> None:
+        entry = self.state.keys.get(op.key)
+        followers = entry.followers if entry is not None else []
+        if entry is not None:
+            entry.followers = []
+        if op.future is not None and not op.future.done():
+            op.future.set_result(effect.outcome)
+        for follower in followers:
+            if follower.future is not None and not follower.future.done():
+                follower.future.set_result(effect.outcome)
+        record = effect.record
+        if record is not None and effect.event_type is not None:
+            data_json = orjson.dumps(effect.outcome["record"])
+            self._waiters.on_trade_event(effect.event_type, record.order, data_json)
+            self._sink.trade_event(effect.event_type, effect.account, data_json)
+            self._sink.balance_event(effect.account, orjson.dumps(effect.account.balance_wire()))
+
+    def _expire_keys(self, tx: Transaction, now: float) -> None:
+        cutoff = now - self._ttl_s
+        for key, entry in self.state.keys.items():
+            # Keys are inserted in time order, so the first live one ends the scan.
+            if entry.created_at > cutoff:
+                break
+            if entry.committed:
+                tx.batch.expired_keys.append(key)
+
+    # -- reads (committed state only) --------------------------------------------------------
+
+    def account(self, login: int) -> Account | None:
+        return self.state.accounts.get(login)
+
+    def record(self, order: int) -> FinanceRecord | None:
+        return self.state.records.get(order)
+
+    def find_records(
+        self, match: Callable[[FinanceRecord], bool], login: int | None
+    ) -> Any:
+        return self.state.find_records(match, login)

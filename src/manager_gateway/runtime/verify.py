@@ -1,0 +1,103 @@
+"""`ledger verify`: recompute everything derivable from the finance history and compare.
+
+Checks: SQLite's own integrity; every order's versions run 1..n with one login and one kind; each
+account's balance and credit equal the sum of its live (not deleted) records and are not negative;
+the order sequence is ahead of every order; every idempotency key points at what it answered.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+
+from .records import TradeState, is_credit
+from .sqlite_ledger import LEDGER_FILE
+
+
+def verify_ledger(data_dir: Path) -> tuple[list[str], str]:
+    """(problems, one-line summary); no problems means consistent."""
+    path = data_dir / LEDGER_FILE
+    if not path.is_file():
+        return [f"no ledger at {path}"], "nothing to verify"
+    db = sqlite3.connect(path)
+    try:
+        return _verify(db)
+    finally:
+        db.close()
+
+
+def _verify(db: sqlite3.Connection) -> tuple[list[str], str]:
+    problems: list[str] = []
+    integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+    if integrity != "ok":
+        problems.append(f"sqlite integrity_check: {integrity}")
+
+    latest_profit: dict[int, Decimal] = {}
+    versions: dict[int, tuple[int, int, bool, int]] = {}  # order -> (version, login, credit, state)
+    for order, version, login, cmd, state, profit in db.execute(
+        "SELECT ord, version, login, cmd, state, profit FROM records ORDER BY ord, version"
+    ):
+        credit = is_credit(cmd)
+        previous = versions.get(order)
+        expected = 1 if previous is None else previous[0] + 1
+        if version != expected:
+            problems.append(f"order {order}: version {version} where {expected} was expected")
+        if previous is not None and (previous[1], previous[2]) != (login, credit):
+            problems.append(f"order {order}: login or kind changed between versions")
+        versions[order] = (version, login, credit, state)
+        latest_profit[order] = Decimal(profit)
+
+    expected_money: dict[int, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
+    for order, (_, login, credit, state) in versions.items():
+        if state != TradeState.DELETED:
+            expected_money[login][int(credit)] += latest_profit[order]
+
+    accounts = {
+        login: (Decimal(balance), Decimal(credit))
+        for login, balance, credit in db.execute("SELECT login, balance, credit FROM accounts")
+    }
+    for login, (balance, credit) in accounts.items():
+        want_balance, want_credit = expected_money.pop(login, [Decimal(0), Decimal(0)])
+        if balance != want_balance:
+            problems.append(f"account {login}: balance {balance}, records sum to {want_balance}")
+        if credit != want_credit:
+            problems.append(f"account {login}: credit {credit}, records sum to {want_credit}")
+        if balance < 0 or credit < 0:
+            problems.append(f"account {login}: negative balance or credit")
+    for login in expected_money:
+        problems.append(f"records of login {login}, which has no account")
+
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    next_order = int(meta.get("next_order", 1))
+    if versions and max(versions) >= next_order:
+        problems.append(f"order sequence {next_order} is not ahead of order {max(versions)}")
+
+    keys = 0
+    for subject, ext_id, command, outcome_json in db.execute(
+        "SELECT subject, ext_id, command, outcome FROM idempotency"
+    ):
+        keys += 1
+        outcome = orjson.loads(outcome_json)
+        name = f"key ({subject}, {ext_id}) of {command}"
+        if "order" in outcome:
+            current = versions.get(outcome["order"])
+            record = outcome.get("record", {})
+            if current is None:
+                problems.append(f"{name}: answered order {outcome['order']}, which is missing")
+            elif record.get("login") != current[1]:
+                problems.append(f"{name}: answered a record of another login")
+        elif "login" in outcome:
+            if outcome["login"] not in accounts:
+                problems.append(f"{name}: answered login {outcome['login']}, which is missing")
+        else:
+            problems.append(f"{name}: outcome names neither an order nor a login")
+
+    summary = (
+        f"accounts={len(accounts)} orders={len(versions)} next_order={next_order} "
+        f"idempotency_keys={keys}"
+    )
+    return problems, summary

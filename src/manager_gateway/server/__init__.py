@@ -1,0 +1,1 @@
+"""asyncio transport glue: the listening server, connections, event fan-out, shutdown."""

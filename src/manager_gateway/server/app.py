@@ -1,0 +1,126 @@
+"""The gateway process in three phases: `start()`, serve, `shutdown()`.
+
+`Gateway` wires the parts together (ledger, main loop, waiter registry, event hub, listener) and
+owns the live connections. Only this package and `cli.py` touch sockets, signals and the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+from pathlib import Path
+
+import structlog
+
+from ..clock import Clock, LoopClock
+from ..commands.context import Services
+from ..config import Settings
+from ..protocol.errors import ShuttingDown
+from ..runtime.mainloop import MainLoop
+from ..runtime.sqlite_ledger import SQLiteLedger
+from ..runtime.storage import Storage
+from ..session.tokens import TokenService, load_or_create_secret
+from ..waiters import WaiterRegistry
+from .connection import Connection
+from .hub import EventHub
+
+log = structlog.get_logger("manager_gateway.server")
+
+
+def signing_secret(settings: Settings) -> bytes:
+    """The configured secret, else the one kept in (or created in) the data dir."""
+    if settings.jwt_secret:
+        return settings.jwt_secret.encode()
+    return load_or_create_secret(Path(settings.data_dir))
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock | None = None,
+        storage: Storage | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or LoopClock()
+        data_dir = Path(settings.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        secret = signing_secret(settings)
+        self.tokens = TokenService(secret)
+        self.storage: Storage = storage or SQLiteLedger(data_dir, settings.ledger_synchronous)
+        self.waiters = WaiterRegistry(self.clock, settings.sync_timeout_ms)
+        self.hub = EventHub(self.clock)
+        self.runtime = MainLoop(
+            self.storage, self.waiters, self.hub, self.clock, settings.groups_by_name(),
+            settings.idempotency_ttl_s, settings.max_batch,
+        )
+        self.services = Services(
+            self.runtime, self.waiters, self.clock, settings.groups_by_name(),
+            hashlib.sha256(b"idempotency-digest\0" + secret).digest(),
+        )
+        self.draining = False
+        self.slow_consumer_disconnects = 0
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    @property
+    def connections(self) -> set[Connection]:
+        return self.hub.connections
+
+    async def start(self) -> None:
+        """Load the ledger, start the main loop, listen. `port` is the bound port afterwards."""
+        await self.runtime.start()
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: Connection(self),
+            self.settings.host,
+            self.settings.port,
+            ssl=self._tls(),
+            backlog=1024,
+            reuse_address=True,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info(
+            "gateway_listening", host=self.settings.host, port=self.port,
+            data_dir=str(self.settings.data_dir), tls=self.settings.tls_cert_file is not None,
+        )
+
+    def _tls(self) -> ssl.SSLContext | None:
+        cert, key = self.settings.tls_cert_file, self.settings.tls_key_file
+        if cert is None or key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        return context
+
+    def admit(self, connection: Connection) -> bool:
+        if len(self.hub.connections) >= self.settings.max_connections or self.draining:
+            return False
+        self.hub.connections.add(connection)
+        return True
+
+    def forget(self, connection: Connection) -> None:
+        self.hub.connections.discard(connection)
+
+    async def shutdown(self) -> None:
+        """Stop accepting, answer what is in flight, commit what is queued, close everything."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("gateway_draining", connections=len(self.connections))
+        if self._server is not None:
+            self._server.close()
+        in_flight = [task for conn in self.connections for task in conn.tasks]
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=self.settings.shutdown_timeout_s)
+        await self.runtime.stop()
+        # Sync requests still waiting (their event never came) are answered 503 before closing.
+        self.waiters.fail_all(ShuttingDown())
+        remaining = [task for conn in self.connections for task in conn.tasks]
+        if remaining:
+            await asyncio.wait(remaining, timeout=self.settings.shutdown_timeout_s)
+        for connection in list(self.connections):
+            connection.close("shutdown")
+        if self._server is not None:
+            await self._server.wait_closed()
+        log.info("gateway_stopped")

@@ -1,0 +1,213 @@
+"""One client connection: bytes in, frames out, its session, timers and flow control.
+
+The read path is feed-then-handle. Each request runs as a task so a Sync request held open never
+blocks the requests behind it; answers and events are queued and written once per loop turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from typing import TYPE_CHECKING
+
+import structlog
+
+from ..clock import Cancellable
+from ..commands.dispatch import dispatch
+from ..protocol.codec import Envelope, EnvelopeError, encode_error, parse_request
+from ..protocol.errors import (
+    FrameTooLarge,
+    GatewayError,
+    InternalError,
+    InvalidToken,
+    ShuttingDown,
+    TooManyRequests,
+)
+from ..protocol.framing import FrameDecoder
+from ..session.session import Session
+from ..waiters import SessionGone
+
+if TYPE_CHECKING:
+    from .app import Gateway
+
+log = structlog.get_logger("manager_gateway.connection")
+_ids = itertools.count(1)
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.settings = gateway.settings
+        self.conn_id = next(_ids)
+        self.session = Session()
+        self.decoder = FrameDecoder(self.settings.max_frame_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.log = log
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._closed = False
+        self._auth_timer: Cancellable | None = None
+        self._frame_timer: Cancellable | None = None
+        self._partial_since = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, so this is a cast, not a check.
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        transport = self.transport
+        self.log = log.bind(conn_id=self.conn_id, peer=f"{peer[0]}:{peer[1]}" if peer else "?")
+        if not self.gateway.admit(self):
+            self.log.warning("connection_refused", reason="max_connections")
+            self._closed = True
+            transport.abort()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._auth_timer = self.gateway.clock.call_later(
+            self.settings.auth_timeout_s, self._on_auth_timeout
+        )
+        self.log.info("connection_opened")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        for timer in (self._auth_timer, self._frame_timer):
+            if timer is not None:
+                timer.cancel()
+        self.gateway.waiters.fail_session(self)
+        for task in self.tasks:
+            task.cancel()
+        self.gateway.forget(self)
+        self.log.info("connection_closed", error=str(exc) if exc else None)
+
+    def close(self, reason: str) -> None:
+        """Flush what is queued, then close."""
+        if self._closed or self.transport is None:
+            return
+        self.log.info("connection_closing", reason=reason)
+        self._flush()
+        self._closed = True
+        self.transport.close()
+
+    # -- input -------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            frames = self.decoder.feed(data)
+        except FrameTooLarge as error:
+            self.send(encode_error(error, None))
+            self.close("frame_too_large")
+            return
+        for frame in frames:
+            self._handle(frame)
+            if self._closed:
+                return
+        self._watch_partial_frame(bool(frames))
+
+    def _handle(self, frame: bytes) -> None:
+        try:
+            request = parse_request(frame)
+        except EnvelopeError as exc:
+            self.log.info("request_rejected", error=exc.error.code, message=exc.error.message)
+            self.send(encode_error(exc.error, exc.ext_id))
+            return
+        if self.gateway.draining:
+            self.send(encode_error(ShuttingDown(), request.ext_id))
+            return
+        if len(self.tasks) >= self.settings.max_inflight:
+            self.send(encode_error(TooManyRequests(), request.ext_id))
+            return
+        task = asyncio.get_running_loop().create_task(self._run(request))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, request: Envelope) -> None:
+        try:
+            frame = await dispatch(
+                self.gateway.services, self.gateway.tokens, self.session, self, request
+            )
+        except GatewayError as error:
+            self._refused(request, error)
+            return
+        except SessionGone:
+            return
+        except Exception:
+            self.log.exception("request_failed", ext_id=request.ext_id, command=request.command)
+            frame = encode_error(InternalError(), request.ext_id)
+        self.send(frame)
+
+    def _refused(self, request: Envelope, error: GatewayError) -> None:
+        self.log.info(
+            "command_rejected", ext_id=request.ext_id, command=request.command,
+            status=error.status, error=error.code, message=error.message,
+        )
+        self.send(encode_error(error, request.ext_id))
+        if (
+            isinstance(error, InvalidToken)
+            and self.session.auth_failures >= self.settings.max_auth_failures
+        ):
+            self.close("too_many_auth_failures")
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def _on_auth_timeout(self) -> None:
+        self._auth_timer = None
+        if not self.session.ever_authenticated:
+            self.close("auth_timeout")
+
+    def _watch_partial_frame(self, completed_frames: bool) -> None:
+        """A partial frame must complete within frame_timeout_s of the last frame boundary."""
+        if not self.decoder.has_partial:
+            return
+        now = self.gateway.clock.monotonic()
+        if completed_frames or self._frame_timer is None:
+            self._partial_since = now
+        if self._frame_timer is None:
+            self._frame_timer = self.gateway.clock.call_later(
+                self.settings.frame_timeout_s, self._on_frame_timer
+            )
+
+    def _on_frame_timer(self) -> None:
+        self._frame_timer = None
+        if not self.decoder.has_partial:
+            return
+        waited = self.gateway.clock.monotonic() - self._partial_since
+        remaining = self.settings.frame_timeout_s - waited
+        if remaining <= 0:
+            self.close("frame_timeout")
+        else:
+            self._frame_timer = self.gateway.clock.call_later(remaining, self._on_frame_timer)
+
+    # -- output ------------------------------------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        """Queue a frame; everything queued in one loop turn goes out in one write."""
+        if self._closed:
+            return
+        self._out.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._out or self.transport is None or self.transport.is_closing():
+            self._out.clear()
+            return
+        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        self._out.clear()
+        self.transport.write(data)
+        if self.transport.get_write_buffer_size() > self.settings.max_outbound_bytes:
+            # The peer stopped reading; holding more would let it exhaust our memory.
+            self.log.warning(
+                "slow_consumer_closed", buffered=self.transport.get_write_buffer_size()
+            )
+            self.gateway.slow_consumer_disconnects += 1
+            self._closed = True
+            self.transport.abort()

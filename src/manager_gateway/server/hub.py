@@ -1,0 +1,44 @@
+"""Event fan-out: committed changes go to every session allowed to see them.
+
+Each event is encoded once; the same bytes are queued on every recipient's connection.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..clock import Clock
+from ..protocol.codec import encode_event
+from ..runtime.records import Account
+from ..session.session import BALANCE_EVENT, TRADE_EVENT
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+
+class EventHub:
+    """Implements the main loop's `EventSink` over the set of live connections."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self.connections: set[Connection] = set()
+        self.events_pushed = 0
+
+    def trade_event(self, event_type: int, account: Account, data_json: bytes) -> None:
+        frame = encode_event(TRADE_EVENT, event_type, data_json)
+        self._fan_out(TRADE_EVENT, account.login, account.group, frame)
+
+    def balance_event(self, account: Account, data_json: bytes) -> None:
+        frame = encode_event(BALANCE_EVENT, 1, data_json)
+        self._fan_out(BALANCE_EVENT, account.login, account.group, frame)
+
+    def _fan_out(self, channel: str, login: int, group: str, frame: bytes) -> None:
+        now = self._clock.wall()
+        for connection in self.connections:
+            session = connection.session
+            access = session.access
+            if access is not None and session.hears(channel, now) and access.sees_account(
+                login, group
+            ):
+                connection.send(frame)
+                self.events_pushed += 1

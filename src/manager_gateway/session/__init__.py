@@ -1,0 +1,1 @@
+"""Sessions: tokens, session types, group masks and who may run what."""

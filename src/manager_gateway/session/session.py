@@ -1,0 +1,69 @@
+"""One connection's session: the bound token, its access, and which channels it listens to."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..protocol.errors import InvalidToken
+from .access import Access
+from .tokens import TokenService
+
+TRADE_EVENT = "trade:event"
+BALANCE_EVENT = "balance:event"
+EVENT_CHANNELS = frozenset({TRADE_EVENT, BALANCE_EVENT})
+
+
+class Session:
+    """Authentication state and subscriptions of one connection (PROTOCOL.md sections 3 and 5)."""
+
+    __slots__ = (
+        "access", "auth_failures", "event_channels", "submit_tail", "subscribe_all", "symbols",
+        "token",
+    )
+
+    def __init__(self) -> None:
+        self.token: str | None = None
+        self.access: Access | None = None
+        self.auth_failures = 0
+        # Both event channels are on by default, so the official clients get events unasked.
+        self.event_channels: set[str] = set(EVENT_CHANNELS)
+        self.symbols: set[str] = set()
+        self.subscribe_all = False
+        # The last state-changing request's "has reached the main loop" future (commands.context).
+        self.submit_tail: asyncio.Future[None] | None = None
+
+    @property
+    def ever_authenticated(self) -> bool:
+        return self.access is not None
+
+    def authenticate(self, presented: object, tokens: TokenService, now: float) -> Access:
+        """The access for a request: its own token if it has one, else the bound one.
+
+        A presented token that is invalid is refused even when a valid one is bound (no fallback);
+        a valid one becomes the bound token. Verification is cached on the token string; expiry is
+        checked on every use.
+        """
+        try:
+            if presented is None:
+                access = self.access
+                if access is None or self.token is None:
+                    raise InvalidToken("missing token")
+                if access.expires_at <= now:
+                    raise InvalidToken("token expired")
+            elif presented == self.token and self.access is not None:
+                access = self.access
+                if access.expires_at <= now:
+                    raise InvalidToken("token expired")
+            else:
+                access = tokens.verify(presented, now)
+                self.token, self.access = presented, access  # type: ignore[assignment]
+        except InvalidToken:
+            self.auth_failures += 1
+            raise
+        self.auth_failures = 0
+        return access
+
+    def hears(self, channel: str, now: float) -> bool:
+        """Does this session receive pushed `channel` events right now?"""
+        access = self.access
+        return access is not None and channel in self.event_channels and access.expires_at > now

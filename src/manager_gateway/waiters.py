@@ -1,0 +1,123 @@
+"""The one registry of deferred Sync responses (PROTOCOL.md section 6).
+
+A waiter is registered before its operation reaches the main loop; the main loop binds it to the
+reserved `order` and awaited event type before the event can fire; the first of event, rejection,
+timeout or session close settles its future, and the handler removes it in `finally`. Every path
+guards with `done()`, so a late event or a second settlement is dropped quietly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+
+from .clock import Cancellable, Clock
+from .protocol.errors import GatewayError, SyncTimeout
+
+
+class SessionGone(Exception):
+    """The requesting session closed; the answer has nowhere to go."""
+
+
+class Waiter:
+    """One pending Sync request. `future` resolves to the matching event's encoded `data`."""
+
+    __slots__ = ("event_type", "ext_id", "future", "order", "session", "timer")
+
+    def __init__(self, session: Hashable, ext_id: str, future: asyncio.Future[bytes]) -> None:
+        self.session = session
+        self.ext_id = ext_id
+        self.future = future
+        self.order: int | None = None
+        self.event_type: int | None = None
+        self.timer: Cancellable | None = None
+
+
+class WaiterRegistry:
+    """Owns every waiter: by order for matching events, by session for cleanup."""
+
+    def __init__(self, clock: Clock, timeout_ms: int) -> None:
+        self._clock = clock
+        self._timeout_s = timeout_ms / 1000
+        self._by_order: dict[int, list[Waiter]] = {}
+        self._by_session: dict[Hashable, set[Waiter]] = {}
+
+    def register(self, session: Hashable, ext_id: str) -> Waiter:
+        """A new waiter whose timeout starts now."""
+        waiter = Waiter(session, ext_id, asyncio.get_running_loop().create_future())
+        waiter.timer = self._clock.call_later(self._timeout_s, lambda: self._expire(waiter))
+        self._by_session.setdefault(session, set()).add(waiter)
+        return waiter
+
+    def bind(self, waiter: Waiter, order: int, event_type: int) -> None:
+        """Called by the main loop once it reserved `order`, before the event can be emitted."""
+        if waiter.future.done() or waiter.order is not None:
+            return
+        waiter.order, waiter.event_type = order, event_type
+        self._by_order.setdefault(order, []).append(waiter)
+
+    def on_trade_event(self, event_type: int, order: int, data_json: bytes) -> None:
+        """Answer every waiter bound to this order and event type."""
+        waiters = self._by_order.get(order)
+        if not waiters:
+            return
+        remaining = []
+        for waiter in waiters:
+            if waiter.event_type == event_type:
+                self.resolve(waiter, data_json)
+            else:
+                remaining.append(waiter)
+        if remaining:
+            self._by_order[order] = remaining
+        else:
+            del self._by_order[order]
+
+    def resolve(self, waiter: Waiter, data_json: bytes) -> None:
+        if not waiter.future.done():
+            waiter.future.set_result(data_json)
+
+    def reject(self, waiter: Waiter, error: BaseException) -> None:
+        if not waiter.future.done():
+            waiter.future.set_exception(error)
+
+    def _expire(self, waiter: Waiter) -> None:
+        data = {"order": waiter.order} if waiter.order is not None else None
+        self.reject(waiter, SyncTimeout(data=data))
+
+    def remove(self, waiter: Waiter) -> None:
+        """Forget a waiter (the handler's `finally`); safe to call more than once."""
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+            waiter.timer = None
+        if not waiter.future.done():
+            waiter.future.cancel()
+        session_waiters = self._by_session.get(waiter.session)
+        if session_waiters is not None:
+            session_waiters.discard(waiter)
+            if not session_waiters:
+                del self._by_session[waiter.session]
+        if waiter.order is not None:
+            bound = self._by_order.get(waiter.order)
+            if bound is not None and waiter in bound:
+                bound.remove(waiter)
+                if not bound:
+                    del self._by_order[waiter.order]
+
+    def fail_session(self, session: Hashable) -> None:
+        """The session closed: settle and drop its waiters; their operations go on."""
+        for waiter in list(self._by_session.get(session, ())):
+            self.reject(waiter, SessionGone())
+            self.remove(waiter)
+
+    def fail_all(self, error: GatewayError) -> None:
+        """Shutdown: answer every waiter with `error` and drop it."""
+        for session in list(self._by_session):
+            for waiter in list(self._by_session.get(session, ())):
+                self.reject(waiter, error)
+                self.remove(waiter)
+
+    def pending_count(self) -> int:
+        return sum(len(waiters) for waiters in self._by_session.values())
+
+    def bound_count(self) -> int:
+        return sum(len(waiters) for waiters in self._by_order.values())
