@@ -11,7 +11,15 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    StringConstraints,
+    model_validator,
+)
 
 from .errors import InvalidData
 from .money import parse_amount
@@ -32,7 +40,7 @@ def _amount(value: object) -> Decimal:
         raise ValueError(exc.message.removeprefix("amount ")) from exc
 
 
-Amount = Annotated[Decimal, PlainValidator(_amount)]
+Amount = Annotated[Decimal, PlainValidator(_amount), PlainSerializer(str, return_type=str)]
 Login = Annotated[int, Field(strict=True, ge=1, le=MAX_INT64)]
 Order = Annotated[int, Field(strict=True, ge=1, le=MAX_INT64)]
 UnixTime = Annotated[int, Field(strict=True, ge=0, le=MAX_UNIX_S)]

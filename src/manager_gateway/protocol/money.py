@@ -29,7 +29,10 @@ def parse_amount(value: object, field: str = "amount") -> Decimal:
     exact = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
     if abs(exact) > MAX_AMOUNT:
         raise InvalidData(f"{field} must be at most {MAX_AMOUNT} in absolute value")
-    return _CONTEXT.plus(exact).normalize(_CONTEXT)
+    amount = _CONTEXT.plus(exact).normalize(_CONTEXT)
+    # normalize() writes 300 as 3E+2; keep one canonical plain form so equal amounts compare
+    # and digest alike.
+    return amount.quantize(Decimal(1)) if amount.as_tuple().exponent > 0 else amount
 
 
 def quantize_amount(amount: Decimal, digits: int, field: str = "amount") -> Decimal:

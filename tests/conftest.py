@@ -1,0 +1,207 @@
+"""Shared fixtures: a real gateway on a free port, real TCP clients, tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from manager_gateway.config import Settings, load_settings
+from manager_gateway.runtime.storage import Storage
+from manager_gateway.server.app import Gateway
+from manager_gateway.session.access import SessionType
+
+from .fakes import GatedLedger
+
+DEMO_USER = {
+    "group": "demo",
+    "name": "Test User",
+    "password": "secret123",
+    "leverage": 100,
+    "enable": 1,
+    "email": "user@example.com",
+}
+
+
+class Client:
+    """A real TCP client: sends requests, matches answers by extID, collects pushed events."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.responses: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.orphans: list[dict[str, Any]] = []  # answers with extID null or unasked for
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.closed = asyncio.Event()
+        self._counter = 0
+        self._task = asyncio.create_task(self._read())
+
+    @classmethod
+    async def connect(cls, port: int, token: str | None = None) -> Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=64 * 1024 * 1024)
+        client = cls(reader, writer)
+        client.token = token
+        return client
+
+    token: str | None
+
+    async def _read(self) -> None:
+        try:
+            while line := await self.reader.readline():
+                assert line.endswith(b"\r\n"), line
+                msg = orjson.loads(line)
+                if "event" in msg:
+                    assert "extID" not in msg
+                    self.events.put_nowait(msg)
+                    continue
+                future = self.responses.get(msg.get("extID"))  # type: ignore[arg-type]
+                if future is None or future.done():
+                    self.orphans.append(msg)
+                else:
+                    future.set_result(msg)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.closed.set()
+
+    def next_ext_id(self) -> str:
+        self._counter += 1
+        return f"req-{id(self) % 10000}-{self._counter}"
+
+    def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def expect(self, ext_id: str) -> asyncio.Future[dict[str, Any]]:
+        future = self.responses.get(ext_id)
+        if future is None:
+            future = self.responses[ext_id] = asyncio.get_running_loop().create_future()
+        return future
+
+    def send(
+        self,
+        command: str,
+        data: dict[str, Any] | None = None,
+        ext_id: str | None = None,
+        token: object = ...,
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Send one request; the future resolves with its answer."""
+        ext_id = ext_id or self.next_ext_id()
+        request: dict[str, Any] = {"command": command, "extID": ext_id, "data": data or {}}
+        token = self.token if token is ... else token
+        if token is not None:
+            request["__token"] = token
+        future = self.expect(ext_id)
+        self.writer.write(orjson.dumps(request) + b"\r\n")
+        return future
+
+    async def request(
+        self, command: str, data: dict[str, Any] | None = None, *, timeout: float = 10, **kw: Any
+    ) -> dict[str, Any]:
+        return await asyncio.wait_for(self.send(command, data, **kw), timeout)
+
+    async def ok(self, command: str, data: dict[str, Any] | None = None, **kw: Any) -> Any:
+        """Request and assert a 200; returns `data`."""
+        answer = await self.request(command, data, **kw)
+        assert answer["status"] == 200, answer
+        return answer["data"]
+
+    async def next_event(self, timeout: float = 5) -> dict[str, Any]:
+        return await asyncio.wait_for(self.events.get(), timeout)
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        events = []
+        while not self.events.empty():
+            events.append(self.events.get_nowait())
+        return events
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except ConnectionError:
+            pass
+        await self._task
+
+
+class Harness:
+    """A running in-process gateway and helpers to talk to it."""
+
+    def __init__(self, gateway: Gateway, data_dir: Path) -> None:
+        self.gateway = gateway
+        self.data_dir = data_dir
+        self.clients: list[Client] = []
+
+    @property
+    def port(self) -> int:
+        return self.gateway.port
+
+    def token(
+        self,
+        role: SessionType = SessionType.MANAGER,
+        login: int | str = 1,
+        groups: list[str] | None = None,
+        ttl_s: int = 3600,
+    ) -> str:
+        return self.gateway.tokens.issue(
+            str(login), role, groups or ["*"], int(time.time()) + ttl_s
+        )
+
+    async def client(self, token: str | None = None, **token_kw: Any) -> Client:
+        """A connected client; its token defaults to a fresh manager token with all groups."""
+        client = await Client.connect(self.port, token or self.token(**token_kw))
+        self.clients.append(client)
+        return client
+
+    async def add_user(self, client: Client, login: int, group: str = "demo", **fields: Any) -> None:
+        await client.ok("AddUser", {**DEMO_USER, "login": login, "group": group, **fields})
+
+    async def close_clients(self) -> None:
+        for client in self.clients:
+            await client.close()
+        self.clients.clear()
+
+
+GatewayFactory = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+    """Start gateways on free ports: `await make_gateway(sync_timeout_ms=200, gated=True)`.
+
+    Keyword arguments are settings; `gated=True` puts a `GatedLedger` under the main loop;
+    `data_dir` reuses a directory (a restart). Everything is shut down at the end of the test.
+    """
+    harnesses: list[Harness] = []
+
+    async def start(
+        *, gated: bool = False, storage: Storage | None = None, clock: Any = None, **settings: Any
+    ) -> Harness:
+        data_dir = Path(settings.pop("data_dir", tmp_path / "data"))
+        config: Settings = load_settings(
+            None, host="127.0.0.1", port=0, data_dir=data_dir,
+            ledger_synchronous=settings.pop("ledger_synchronous", "NORMAL"), **settings,
+        )
+        if gated:
+            storage = GatedLedger(data_dir, config.ledger_synchronous)
+        gateway = Gateway(config, clock=clock, storage=storage)
+        await gateway.start()
+        harness = Harness(gateway, data_dir)
+        harnesses.append(harness)
+        return harness
+
+    yield start
+    for harness in harnesses:
+        if isinstance(harness.gateway.storage, GatedLedger):
+            harness.gateway.storage.release()
+        await harness.close_clients()
+        await harness.gateway.shutdown()
+
+
+@pytest.fixture
+async def gw(make_gateway: GatewayFactory) -> Harness:
+    """A gateway with default settings."""
+    return await make_gateway()

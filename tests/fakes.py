@@ -1,0 +1,86 @@
+"""Test doubles for the seams: a manual clock and a ledger whose commits can be held."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from manager_gateway.runtime.sqlite_ledger import SQLiteLedger
+from manager_gateway.runtime.storage import Batch
+
+
+@dataclass(order=True)
+class _Timer:
+    due: float
+    seq: int
+    callback: Callable[[], None] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClock:
+    """Time moves only when a test calls `advance`; due timers then run in order."""
+
+    def __init__(self, wall: float = 1_800_000_000.0) -> None:
+        self.now = 0.0
+        self.wall_offset = wall
+        self._timers: list[_Timer] = []
+        self._seq = itertools.count()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.wall_offset + self.now
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> _Timer:
+        timer = _Timer(self.now + delay_s, next(self._seq), callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        target = self.now + seconds
+        while self._timers and self._timers[0].due <= target:
+            timer = heapq.heappop(self._timers)
+            self.now = max(self.now, timer.due)
+            if not timer.cancelled:
+                timer.callback()
+        self.now = target
+
+    def pending_timers(self) -> int:
+        return sum(1 for timer in self._timers if not timer.cancelled)
+
+
+class GatedLedger(SQLiteLedger):
+    """The real SQLite ledger, but `hold()` makes commits wait until `release()`: a stalled main
+    loop, with the operation still reaching the disk once released."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._open = threading.Event()
+        self._open.set()
+        self.commit_started = threading.Event()
+        self.fail_next: Exception | None = None
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def commit(self, batch: Batch) -> None:
+        self.commit_started.set()
+        self._open.wait()
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise error
+        super().commit(batch)
+
+    def close(self) -> None:
+        self._open.set()
+        super().close()
