@@ -1,3 +1,3 @@
-"""Manager-API gateway: a ScaleTrade-compatible JSON-over-TCP server with durable finance commands."""
+"""Manager-API gateway: ScaleTrade-compatible JSON over TCP with durable finance commands."""
 
 __version__ = "0.1.0"

@@ -20,6 +20,8 @@ from ..session.access import Access
 from ..session.session import Session
 from ..waiters import WaiterRegistry
 
+_SORTED = orjson.OPT_SORT_KEYS
+
 
 @dataclass(slots=True, frozen=True)
 class RawJson:
@@ -53,9 +55,9 @@ class RequestContext:
     turn: asyncio.Future[None] | None = None
 
     def digest(self, data: CommandData) -> str:
-        payload = orjson.dumps(data.model_dump(mode="json", by_alias=True), option=orjson.OPT_SORT_KEYS)
-        return hmac.new(self.services.digest_key, self.command.encode() + b"\0" + payload,
-                        hashlib.sha256).hexdigest()
+        normalised = data.model_dump(mode="json", by_alias=True)
+        payload = self.command.encode() + b"\0" + orjson.dumps(normalised, option=_SORTED)
+        return hmac.new(self.services.digest_key, payload, hashlib.sha256).hexdigest()
 
     def operation(self, kind: OpKind, data: CommandData, **extra: Any) -> Operation:
         return Operation(

@@ -53,6 +53,8 @@ class FrameDecoder:
             pos = search_from = nl + 1
         if pos:
             del buffer[:pos]
-        if len(buffer) > self._max + 1:  # +1: a trailing '\r' may be half of the terminator
+        # One byte over is allowed only when it is a '\r' that may be half of the terminator.
+        excess = len(buffer) - self._max
+        if excess > 1 or (excess == 1 and buffer[-1] != 0x0D):
             raise FrameTooLarge()
         return frames

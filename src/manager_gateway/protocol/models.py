@@ -1,14 +1,14 @@
 """Pydantic models of each command's `data`, and the one function that validates against them.
 
-Models are strict (no string-to-int coercion, no bools as numbers) and ignore unknown fields, so a
-client that sends extra keys such as the old docs' `__access` keeps working. Adapters are built once,
-at import.
+Models are strict (no string-to-int coercion, no bools as numbers) and ignore unknown fields, so
+a client that sends extra keys such as the old docs' `__access` keeps working. Validators are built
+once, with the classes, at import.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import pydantic
 from pydantic import (
@@ -124,7 +124,7 @@ class AddUserData(CommandData):
     name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     password: Annotated[str, StringConstraints(min_length=6, max_length=64)]
     leverage: Annotated[int, Field(strict=True, ge=1, le=10_000)]
-    enable: Literal[0, 1]
+    enable: Annotated[int, Field(strict=True, ge=0, le=1)]
     email: Annotated[
         str, StringConstraints(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
     ]

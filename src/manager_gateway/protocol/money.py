@@ -32,7 +32,8 @@ def parse_amount(value: object, field: str = "amount") -> Decimal:
     amount = _CONTEXT.plus(exact).normalize(_CONTEXT)
     # normalize() writes 300 as 3E+2; keep one canonical plain form so equal amounts compare
     # and digest alike.
-    return amount.quantize(Decimal(1)) if amount.as_tuple().exponent > 0 else amount
+    exponent = amount.as_tuple().exponent
+    return amount.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else amount
 
 
 def quantize_amount(amount: Decimal, digits: int, field: str = "amount") -> Decimal:

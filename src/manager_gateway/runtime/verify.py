@@ -60,13 +60,15 @@ def _verify(db: sqlite3.Connection) -> tuple[list[str], str]:
         login: (Decimal(balance), Decimal(credit))
         for login, balance, credit in db.execute("SELECT login, balance, credit FROM accounts")
     }
-    for login, (balance, credit) in accounts.items():
+    for login, (balance, credit_amount) in accounts.items():
         want_balance, want_credit = expected_money.pop(login, [Decimal(0), Decimal(0)])
         if balance != want_balance:
             problems.append(f"account {login}: balance {balance}, records sum to {want_balance}")
-        if credit != want_credit:
-            problems.append(f"account {login}: credit {credit}, records sum to {want_credit}")
-        if balance < 0 or credit < 0:
+        if credit_amount != want_credit:
+            problems.append(
+                f"account {login}: credit {credit_amount}, records sum to {want_credit}"
+            )
+        if balance < 0 or credit_amount < 0:
             problems.append(f"account {login}: negative balance or credit")
     for login in expected_money:
         problems.append(f"records of login {login}, which has no account")

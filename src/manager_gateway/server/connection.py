@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import structlog
 
@@ -56,9 +56,8 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, so this is a cast, not a check.
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        transport = self.transport
         self.log = log.bind(conn_id=self.conn_id, peer=f"{peer[0]}:{peer[1]}" if peer else "?")
         if not self.gateway.admit(self):
             self.log.warning("connection_refused", reason="max_connections")

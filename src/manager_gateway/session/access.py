@@ -20,7 +20,8 @@ class SessionType(IntEnum):
 
 def compile_masks(masks: tuple[str, ...]) -> re.Pattern[str]:
     """One regex for a list of group masks where `*` matches any run of characters."""
-    parts = ["(?:" + ".*".join(re.escape(piece) for piece in mask.split("*")) + ")" for mask in masks]
+    parts = [".*".join(re.escape(piece) for piece in mask.split("*")) for mask in masks]
+    parts = [f"(?:{part})" for part in parts]
     return re.compile("|".join(parts) if parts else "(?!)")
 
 
