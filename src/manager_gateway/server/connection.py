@@ -163,6 +163,9 @@ class Connection(asyncio.Protocol):
     def _watch_partial_frame(self, completed_frames: bool) -> None:
         """A partial frame must complete within frame_timeout_s of the last frame boundary."""
         if not self.decoder.has_partial:
+            if self._frame_timer is not None:  # a frame boundary: the next partial starts afresh
+                self._frame_timer.cancel()
+                self._frame_timer = None
             return
         now = self.gateway.clock.monotonic()
         if completed_frames or self._frame_timer is None:
@@ -175,6 +178,9 @@ class Connection(asyncio.Protocol):
     def _on_frame_timer(self) -> None:
         self._frame_timer = None
         if not self.decoder.has_partial:
+            if self._frame_timer is not None:  # a frame boundary: the next partial starts afresh
+                self._frame_timer.cancel()
+                self._frame_timer = None
             return
         waited = self.gateway.clock.monotonic() - self._partial_since
         remaining = self.settings.frame_timeout_s - waited

@@ -65,7 +65,7 @@ class TokenService:
         exp, kind, groups = claims.get("exp"), claims.get("type"), claims.get("groups", ["*"])
         if not isinstance(exp, int | float) or isinstance(exp, bool) or exp <= now:
             raise InvalidToken("token expired")
-        if isinstance(kind, bool) or kind not in _SESSION_TYPES:
+        if not isinstance(kind, int) or isinstance(kind, bool) or kind not in _SESSION_TYPES:
             raise InvalidToken("token type is not a session type")
         if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
             raise InvalidToken("token groups must be a list of masks")

@@ -1,0 +1,100 @@
+"""The dispatch table against the role table of PROTOCOL.md section 3, written out as data."""
+
+from __future__ import annotations
+
+import pytest
+
+from manager_gateway.commands.registry import ALL_COMMANDS, COMMANDS, HEALTH_CHECK
+from manager_gateway.session.access import SessionType
+
+U, M, D, A = SessionType.USER, SessionType.MANAGER, SessionType.DEALER, SessionType.ADMIN
+STAFF = frozenset({M, D, A})
+EVERYONE = frozenset({U, M, D, A})
+
+FINANCE = [
+    "BalanceIn", "BalanceOut", "CreditIn", "CreditOut",
+    "BalanceInSync", "BalanceOutSync", "CreditInSync", "CreditOutSync",
+]
+FINANCE_DELETES = ["DeleteBalance", "DeleteCredit", "DeleteBalanceSync", "DeleteCreditSync"]
+
+#: PROTOCOL.md section 3: command -> session types allowed ("own login only" still means allowed
+#: by role; the account check comes later). SYSTEM and FIX appear nowhere.
+PROTOCOL_ROLES: dict[str, frozenset[SessionType]] = {
+    **{name: STAFF for name in FINANCE},
+    **{name: STAFF for name in FINANCE_DELETES},
+    "AddUser": frozenset({M, A}),
+    "GetAccountByLogin": STAFF,
+    "GetUserBalanceList": STAFF,
+    "MngGetTradesByFilter": STAFF,
+    "GetGroups": STAFF,
+    "GetTradeByOrder": EVERYONE,
+    "Subscribe": EVERYONE,
+    "Unsubscribe": EVERYONE,
+    "SubscribeAll": EVERYONE,
+    "UnsubscribeAll": EVERYONE,
+    "HealthCheck": EVERYONE,
+}
+
+#: PROTOCOL.md section 7: the commands that change state (and are keyed for idempotency).
+STATE_CHANGING = frozenset({*FINANCE, *FINANCE_DELETES, "AddUser"})
+
+
+def allowed(command: str, session_type: SessionType) -> bool:
+    """What the gateway allows: HealthCheck needs no token at all, the rest go by the table."""
+    if command == HEALTH_CHECK:
+        return session_type in EVERYONE  # refused types never reach it with a session
+    return session_type in COMMANDS[command].roles
+
+
+def test_command_set_matches_protocol() -> None:
+    """The gateway implements exactly the commands PROTOCOL.md lists, no more and no fewer."""
+    assert set(ALL_COMMANDS) == set(PROTOCOL_ROLES)
+    assert len(PROTOCOL_ROLES) == 23
+
+
+def test_health_check_is_outside_the_role_table() -> None:
+    """HealthCheck is answered before authentication, so it has no row in COMMANDS."""
+    assert HEALTH_CHECK == "HealthCheck"
+    assert HEALTH_CHECK not in COMMANDS
+    assert HEALTH_CHECK in ALL_COMMANDS
+    assert set(COMMANDS) == set(PROTOCOL_ROLES) - {HEALTH_CHECK}
+
+
+@pytest.mark.parametrize("session_type", list(SessionType), ids=lambda t: t.name)
+@pytest.mark.parametrize("command", sorted(PROTOCOL_ROLES))
+def test_role_table_cell(command: str, session_type: SessionType) -> None:
+    """Each (command, session type) cell matches PROTOCOL.md section 3."""
+    assert allowed(command, session_type) is (session_type in PROTOCOL_ROLES[command])
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_system_and_fix_allowed_nowhere(command: str) -> None:
+    """SYSTEM (4) and FIX (5) sessions may run no command on this API."""
+    roles = COMMANDS[command].roles
+    assert SessionType.SYSTEM not in roles
+    assert SessionType.FIX not in roles
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_roles_exactly(command: str) -> None:
+    """The allowed set of each row is exactly the protocol's set."""
+    assert set(COMMANDS[command].roles) == set(PROTOCOL_ROLES[command])
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_changes_state_exactly(command: str) -> None:
+    """`changes_state` is True for the finance commands, their deletes and AddUser only."""
+    assert COMMANDS[command].changes_state is (command in STATE_CHANGING)
+
+
+def test_state_changing_set() -> None:
+    """The set of state-changing rows is exactly the 13 of PROTOCOL.md section 7."""
+    assert {name for name, spec in COMMANDS.items() if spec.changes_state} == STATE_CHANGING
+    assert len(STATE_CHANGING) == 13
+
+
+def test_sync_forms_share_the_async_model() -> None:
+    """A `*Sync` command takes the same data as its async form."""
+    for name in [*FINANCE[:4], "DeleteBalance", "DeleteCredit"]:
+        assert COMMANDS[name + "Sync"].model is COMMANDS[name].model
+        assert COMMANDS[name + "Sync"].handler is not COMMANDS[name].handler
