@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -28,6 +29,9 @@ DEMO_USER = {
 }
 
 
+_EXT_IDS = itertools.count(1)  # unique across clients: extIDs are idempotency keys per subject
+
+
 class Client:
     """A real TCP client: sends requests, matches answers by extID, collects pushed events."""
 
@@ -37,7 +41,6 @@ class Client:
         self.orphans: list[dict[str, Any]] = []  # answers with extID null or unasked for
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.closed = asyncio.Event()
-        self._counter = 0
         self._task = asyncio.create_task(self._read())
 
     @classmethod
@@ -69,8 +72,7 @@ class Client:
             self.closed.set()
 
     def next_ext_id(self) -> str:
-        self._counter += 1
-        return f"req-{id(self) % 10000}-{self._counter}"
+        return f"req-{next(_EXT_IDS)}"
 
     def send_raw(self, data: bytes) -> None:
         self.writer.write(data)

@@ -19,7 +19,7 @@ async def add_user(ctx: RequestContext, data: AddUserData) -> dict[str, Any]:
     return outcome["user"]  # type: ignore[no-any-return]
 
 
-async def get_account_by_login(ctx: RequestContext, data: LoginData) -> dict[str, Any]:
+def get_account_by_login(ctx: RequestContext, data: LoginData) -> dict[str, Any]:
     account = ctx.services.runtime.account(data.login)
     if account is None:
         raise UserNotFound(f"account {data.login} not found")
@@ -28,7 +28,7 @@ async def get_account_by_login(ctx: RequestContext, data: LoginData) -> dict[str
     return account.profile_wire()
 
 
-async def get_user_balance_list(ctx: RequestContext, data: LoginsData) -> dict[str, Any]:
+def get_user_balance_list(ctx: RequestContext, data: LoginsData) -> dict[str, Any]:
     runtime, access = ctx.services.runtime, ctx.access
     rows = []
     for login in dict.fromkeys(data.logins):  # each login once, in the order asked
@@ -38,7 +38,7 @@ async def get_user_balance_list(ctx: RequestContext, data: LoginsData) -> dict[s
     return {"rows": rows}
 
 
-async def get_groups(ctx: RequestContext, data: EmptyData) -> dict[str, Any]:
+def get_groups(ctx: RequestContext, data: EmptyData) -> dict[str, Any]:
     rows = [
         group.to_wire() for group in ctx.services.groups.values()
         if ctx.access.sees_group(group.name)

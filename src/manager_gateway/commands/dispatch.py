@@ -1,28 +1,51 @@
-"""From a parsed envelope to a response frame: lookup, authentication, role, validation, handler."""
+"""From a parsed envelope to a response frame: lookup, authentication, role, validation, handler.
+
+`prepare` does every check synchronously, in arrival order. Plain-function handlers (reads,
+subscriptions) then answer at once (`answer_now`); coroutine handlers (anything that goes through
+the main loop) run as a task (`answer_later`) so a held Sync request blocks nothing behind it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
 
 from ..protocol.codec import Envelope, encode_ok, encode_ok_raw
 from ..protocol.errors import PermissionDenied, UnknownCommand
-from ..protocol.models import validate
+from ..protocol.models import CommandData, validate
 from ..session.session import Session
 from ..session.tokens import TokenService
 from .context import RawJson, RequestContext, Services
-from .registry import COMMANDS, HEALTH_CHECK
+from .registry import COMMANDS, HEALTH_CHECK, CommandSpec
 from .subscriptions import health_check
 
 
-async def dispatch(
+@dataclass(slots=True)
+class Prepared:
+    """A request that passed every check and is ready for its handler."""
+
+    spec: CommandSpec
+    ctx: RequestContext
+    data: CommandData
+
+    @property
+    def is_immediate(self) -> bool:
+        return not self.spec.is_async
+
+
+def prepare(
     services: Services,
     tokens: TokenService,
     session: Session,
     session_key: Hashable,
     request: Envelope,
-) -> bytes:
-    """Run one request; returns its success frame or raises a `GatewayError`."""
+) -> Prepared | bytes:
+    """Check a request; a finished frame for HealthCheck, else what its handler needs.
+
+    Raises a `GatewayError` for an unknown command, a bad token, a forbidden role or bad data.
+    """
     name = request.command
     spec = COMMANDS.get(name)
     if spec is None:
@@ -34,16 +57,30 @@ async def dispatch(
         raise PermissionDenied(f"{name} is not allowed for session type {int(access.type)}")
     data = validate(spec.model, request.data)
     ctx = RequestContext(services, session, session_key, access, name, request.ext_id)
-    if not spec.changes_state:
-        result = await spec.handler(ctx, data)
-    else:
+    if spec.changes_state:
+        # Claim this request's place in the connection's submission order now, in arrival order.
         ctx.after, ctx.turn = session.submit_tail, asyncio.get_running_loop().create_future()
         session.submit_tail = ctx.turn
-        try:
-            result = await spec.handler(ctx, data)
-        finally:
-            if not ctx.turn.done():  # refused or cancelled before submitting: let the next go
-                ctx.turn.set_result(None)
+    return Prepared(spec, ctx, data)
+
+
+def _frame(ext_id: str, result: Any) -> bytes:
     if isinstance(result, RawJson):
-        return encode_ok_raw(request.ext_id, result.data)
-    return encode_ok(request.ext_id, result)
+        return encode_ok_raw(ext_id, result.data)
+    return encode_ok(ext_id, result)
+
+
+def answer_now(prepared: Prepared) -> bytes:
+    """Run a plain-function handler; its success frame."""
+    return _frame(prepared.ctx.ext_id, prepared.spec.handler(prepared.ctx, prepared.data))
+
+
+async def answer_later(prepared: Prepared) -> bytes:
+    """Run a coroutine handler; its success frame."""
+    ctx = prepared.ctx
+    try:
+        result = await prepared.spec.handler(ctx, prepared.data)
+    finally:
+        if ctx.turn is not None and not ctx.turn.done():
+            ctx.turn.set_result(None)  # refused or cancelled before submitting: let the next go
+    return _frame(ctx.ext_id, result)

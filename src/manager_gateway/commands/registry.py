@@ -6,7 +6,8 @@ and calls the handler. Adding a command is adding a row.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from ..session.access import SessionType
 from ..session.permissions import ACCOUNT_CREATORS, EVERYONE, STAFF
 from . import accounts, finance, subscriptions, trades
 
-Handler = Callable[[Any, Any], Awaitable[Any]]
+Handler = Callable[[Any, Any], Any]  # returns the answer's data, or an awaitable of it
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,11 @@ class CommandSpec:
     handler: Handler
     roles: frozenset[SessionType]
     changes_state: bool = False
+
+    @property
+    def is_async(self) -> bool:
+        """Coroutine handlers wait for the main loop; plain ones answer at once."""
+        return inspect.iscoroutinefunction(self.handler)
 
 
 def _finance_rows() -> dict[str, CommandSpec]:

@@ -13,7 +13,7 @@ from ..session.session import EVENT_CHANNELS
 from .context import RequestContext
 
 
-async def subscribe(ctx: RequestContext, data: ChannelsData) -> dict[str, Any]:
+def subscribe(ctx: RequestContext, data: ChannelsData) -> dict[str, Any]:
     session = ctx.session
     for channel in data.chanels:
         if channel in EVENT_CHANNELS:
@@ -23,7 +23,7 @@ async def subscribe(ctx: RequestContext, data: ChannelsData) -> dict[str, Any]:
     return _channels(ctx)
 
 
-async def unsubscribe(ctx: RequestContext, data: ChannelsData) -> dict[str, Any]:
+def unsubscribe(ctx: RequestContext, data: ChannelsData) -> dict[str, Any]:
     session = ctx.session
     for channel in data.chanels:
         session.event_channels.discard(channel)
@@ -31,12 +31,12 @@ async def unsubscribe(ctx: RequestContext, data: ChannelsData) -> dict[str, Any]
     return _channels(ctx)
 
 
-async def subscribe_all(ctx: RequestContext, data: EmptyData) -> dict[str, Any]:
+def subscribe_all(ctx: RequestContext, data: EmptyData) -> dict[str, Any]:
     ctx.session.subscribe_all = True
     return _channels(ctx)
 
 
-async def unsubscribe_all(ctx: RequestContext, data: EmptyData) -> dict[str, Any]:
+def unsubscribe_all(ctx: RequestContext, data: EmptyData) -> dict[str, Any]:
     """Clears symbol channels only; the event channels stay as they are."""
     ctx.session.subscribe_all = False
     ctx.session.symbols.clear()

@@ -11,7 +11,7 @@ from ..runtime.records import FinanceRecord
 from .context import RequestContext
 
 
-async def get_trade_by_order(ctx: RequestContext, data: OrderData) -> dict[str, Any]:
+def get_trade_by_order(ctx: RequestContext, data: OrderData) -> dict[str, Any]:
     runtime = ctx.services.runtime
     record = runtime.record(data.order)
     if record is None:
@@ -22,7 +22,7 @@ async def get_trade_by_order(ctx: RequestContext, data: OrderData) -> dict[str, 
     return record.to_wire()
 
 
-async def get_trades_by_filter(ctx: RequestContext, data: TradesFilterData) -> dict[str, Any]:
+def get_trades_by_filter(ctx: RequestContext, data: TradesFilterData) -> dict[str, Any]:
     """Current records matching every given filter, newest first; `from`/`to` bound open_time."""
     runtime, access = ctx.services.runtime, ctx.access
     accounts = runtime.state.accounts

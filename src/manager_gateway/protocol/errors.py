@@ -84,6 +84,13 @@ class NotEnoughCredit(GatewayError):
 class FrameTooLarge(GatewayError):
     status, code, default_message = 413, "FRAME_TOO_LARGE", "frame exceeds max_frame_bytes"
 
+    def __init__(
+        self, message: str | None = None, *, data: Any = None, completed: list[bytes] | None = None
+    ) -> None:
+        super().__init__(message, data=data)
+        #: Frames that were complete before the oversized one, in the same feed.
+        self.completed = completed or []
+
 
 class IdempotencyMismatch(GatewayError):
     status, code = 422, "IDEMPOTENCY_MISMATCH"

@@ -1,8 +1,9 @@
 """Sans-IO line framing: feed bytes, get complete frames.
 
-A frame is one JSON value terminated by `\\r\\n`; a bare `\\n` is accepted too, blank lines are
-skipped. The decoder owns the partial-frame buffer and enforces the size limit, so a peer can never
-make us buffer more than `max_frame_bytes` of an unfinished frame.
+A frame is one JSON value terminated by `\\r\\n`; a bare `\\n` is accepted too, and blank lines
+(empty, or only spaces and tabs) are skipped. The decoder owns the partial-frame buffer and
+enforces the size limit, so a peer can never make us buffer more than `max_frame_bytes` of an
+unfinished frame.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from .errors import FrameTooLarge
 #: Default limit on one frame, terminator excluded. Big enough for a 50,000-row filter request,
 #: small enough that 10,000 connections with a half-sent frame each cannot exhaust memory.
 DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
+#: Bytes that may start a blank line (one of only spaces and tabs, which is skipped).
+_BLANK = frozenset(b" \t\r")
 
 
 class FrameDecoder:
@@ -47,8 +50,8 @@ class FrameDecoder:
                 break
             end = nl - 1 if nl > pos and buffer[nl - 1] == 0x0D else nl
             if end - pos > self._max:
-                raise FrameTooLarge()
-            if end > pos:
+                raise FrameTooLarge(completed=frames)
+            if end > pos and not (buffer[pos] in _BLANK and buffer[pos:end].isspace()):
                 frames.append(bytes(buffer[pos:end]))
             pos = search_from = nl + 1
         if pos:
@@ -56,5 +59,5 @@ class FrameDecoder:
         # One byte over is allowed only when it is a '\r' that may be half of the terminator.
         excess = len(buffer) - self._max
         if excess > 1 or (excess == 1 and buffer[-1] != 0x0D):
-            raise FrameTooLarge()
+            raise FrameTooLarge(completed=frames)
         return frames

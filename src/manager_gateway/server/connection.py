@@ -1,7 +1,8 @@
 """One client connection: bytes in, frames out, its session, timers and flow control.
 
-The read path is feed-then-handle. Each request runs as a task so a Sync request held open never
-blocks the requests behind it; answers and events are queued and written once per loop turn.
+The read path is feed-then-handle. Reads are answered as their frame is handled; requests that go
+through the main loop run as tasks, so a Sync request held open never blocks the requests behind
+it. Answers and events are queued and written once per loop turn.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, cast
 import structlog
 
 from ..clock import Cancellable
-from ..commands.dispatch import dispatch
+from ..commands.dispatch import Prepared, answer_later, answer_now, prepare
 from ..protocol.codec import Envelope, EnvelopeError, encode_error, parse_request
 from ..protocol.errors import (
     FrameTooLarge,
@@ -100,6 +101,8 @@ class Connection(asyncio.Protocol):
         try:
             frames = self.decoder.feed(data)
         except FrameTooLarge as error:
+            for frame in error.completed:  # the frames before the oversized one still count
+                self._handle(frame)
             self.send(encode_error(error, None))
             self.close("frame_too_large")
             return
@@ -116,21 +119,39 @@ class Connection(asyncio.Protocol):
             self.log.info("request_rejected", error=exc.error.code, message=exc.error.message)
             self.send(encode_error(exc.error, exc.ext_id))
             return
-        if self.gateway.draining:
-            self.send(encode_error(ShuttingDown(), request.ext_id))
-            return
-        if len(self.tasks) >= self.settings.max_inflight:
-            self.send(encode_error(TooManyRequests(), request.ext_id))
-            return
-        task = asyncio.get_running_loop().create_task(self._run(request))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _run(self, request: Envelope) -> None:
         try:
-            frame = await dispatch(
+            if self.gateway.draining:
+                raise ShuttingDown()
+            # Only requests that wait for the main loop stay pending; reads answer at once.
+            prepared = prepare(
                 self.gateway.services, self.gateway.tokens, self.session, self, request
             )
+            if isinstance(prepared, bytes):
+                self.send(prepared)
+            elif prepared.is_immediate:
+                self.send(answer_now(prepared))
+            elif len(self.tasks) >= self.settings.max_inflight:
+                self._release_turn(prepared)
+                raise TooManyRequests()
+            else:
+                task = asyncio.get_running_loop().create_task(self._run(request, prepared))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        except GatewayError as error:
+            self._refused(request, error)
+        except Exception:
+            self.log.exception("request_failed", ext_id=request.ext_id, command=request.command)
+            self.send(encode_error(InternalError(), request.ext_id))
+
+    @staticmethod
+    def _release_turn(prepared: Prepared) -> None:
+        turn = prepared.ctx.turn
+        if turn is not None and not turn.done():
+            turn.set_result(None)
+
+    async def _run(self, request: Envelope, prepared: Prepared) -> None:
+        try:
+            frame = await answer_later(prepared)
         except GatewayError as error:
             self._refused(request, error)
             return

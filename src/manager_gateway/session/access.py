@@ -48,8 +48,8 @@ class Access:
         """Group-mask check for MANAGER and DEALER; ADMIN sees every group, USER none by group."""
         if self.type is SessionType.ADMIN:
             return True
-        if self.type is SessionType.USER:
-            return False
+        if self.type not in (SessionType.MANAGER, SessionType.DEALER):
+            return False  # USER goes by its own login; SYSTEM and FIX are refused on this API
         seen = self._seen.get(group)
         if seen is None:
             seen = self._seen[group] = self._pattern.fullmatch(group) is not None
