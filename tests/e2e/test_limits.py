@@ -60,6 +60,31 @@ async def test_frame_too_large_is_413_and_closes(
     assert (await late.ok("HealthCheck"))["status"] == "ok"
 
 
+async def test_frames_before_an_oversized_one_are_answered(make_gateway: GatewayFactory) -> None:
+    """A read and a deposit sent in the same write as an oversized frame are handled first."""
+    h = await make_gateway(max_frame_bytes=4096)
+    client, other = await connect(h), await connect(h)
+    await h.add_user(client, 1001)
+    read = client.expect("read-1")
+    client.send_raw(
+        orjson.dumps({"command": "GetAccountByLogin", "extID": "read-1", "data": {"login": 1001}})
+        + b"\r\n"
+        + orjson.dumps({"command": "BalanceIn", "extID": "dep-1",
+                        "data": {"login": 1001, "amount": 5}})
+        + b"\r\n" + health_frame("big", 5000) + b"\r\n"
+    )
+    assert (await asyncio.wait_for(read, 5))["status"] == 200
+    await asyncio.wait_for(client.closed.wait(), 5)
+    assert [(a["extID"], a["status"]) for a in client.orphans] == [(None, 413)]
+    # The deposit reached the main loop before the close, so it completes (unanswered) and is
+    # announced to the other session.
+    event = await other.next_event()
+    while event["event"] != "balance:event":
+        event = await other.next_event()
+    assert event["data"]["balance"] == 5.0
+    assert (await other.ok("GetAccountByLogin", {"login": 1001}))["balance"] == 5.0
+
+
 async def test_frame_limit_edge(make_gateway: GatewayFactory) -> None:
     """A frame of exactly max_frame_bytes is served; one byte more is 413."""
     h = await make_gateway(max_frame_bytes=4096)

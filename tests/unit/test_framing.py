@@ -244,3 +244,17 @@ def test_frame_too_large_carries_413() -> None:
     with pytest.raises(FrameTooLarge) as info:
         decoder.feed(b"x" * (LIMIT + 1) + b"\n")
     assert (info.value.status, info.value.code) == (413, "FRAME_TOO_LARGE")
+
+
+def test_lines_of_only_spaces_and_tabs_are_blank() -> None:
+    """A line of spaces and tabs is skipped like an empty one; a frame with leading spaces is not."""
+    decoder = FrameDecoder(64)
+    assert decoder.feed(b"  \t \r\n\t\n {}\r\n") == [b" {}"]
+
+
+def test_frames_before_an_oversized_one_are_carried_on_the_error() -> None:
+    """Frames completed in the same feed before the oversized one travel on the exception."""
+    decoder = FrameDecoder(16)
+    with pytest.raises(FrameTooLarge) as caught:
+        decoder.feed(b'{"a":1}\r\n{"b":2}\n' + b"x" * 17 + b"\r\n")
+    assert caught.value.completed == [b'{"a":1}', b'{"b":2}']
