@@ -61,10 +61,12 @@ async def test_frame_too_large_is_413_and_closes(
 
 
 async def test_frames_before_an_oversized_one_are_answered(make_gateway: GatewayFactory) -> None:
-    """A read and a deposit sent in the same write as an oversized frame are handled first."""
+    """A read and a deposit sent in the same write as an oversized frame are handled first; the
+    deposit is applied though the connection closes before it could be answered."""
     h = await make_gateway(max_frame_bytes=4096)
     client, other = await connect(h), await connect(h)
     await h.add_user(client, 1001)
+    assert (await other.ok("GetGroups"))["count"] == 1  # binds its token: it hears events
     read = client.expect("read-1")
     client.send_raw(
         orjson.dumps({"command": "GetAccountByLogin", "extID": "read-1", "data": {"login": 1001}})

@@ -18,7 +18,7 @@ from ..runtime.mainloop import MainLoop
 from ..runtime.operations import Operation, OpKind
 from ..session.access import Access
 from ..session.session import Session
-from ..waiters import WaiterRegistry
+from ..waiters import SessionGone, WaiterRegistry
 
 _SORTED = orjson.OPT_SORT_KEYS
 
@@ -85,6 +85,10 @@ class RequestContext:
 
     async def run_sync(self, op: Operation) -> RawJson:
         """Hand `op` to the main loop and hold the request until its trade event."""
+        if self.session.closed:
+            # Received before the connection closed: apply it, but wait for no one.
+            await self._submit(op)
+            raise SessionGone()
         waiters = self.services.waiters
         op.waiter = waiters.register(self.session_key, self.ext_id)
         try:

@@ -78,9 +78,10 @@ class Connection(asyncio.Protocol):
         for timer in (self._auth_timer, self._frame_timer):
             if timer is not None:
                 timer.cancel()
+        # Requests already received still reach the main loop (their tasks are not cancelled):
+        # a closed connection loses its answers, never its operations. Sync waiters go now.
+        self.session.closed = True
         self.gateway.waiters.fail_session(self)
-        for task in self.tasks:
-            task.cancel()
         self.gateway.forget(self)
         self.log.info("connection_closed", error=str(exc) if exc else None)
 

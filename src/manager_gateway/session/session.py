@@ -17,14 +17,15 @@ class Session:
     """Authentication state and subscriptions of one connection (PROTOCOL.md sections 3 and 5)."""
 
     __slots__ = (
-        "access", "auth_failures", "event_channels", "submit_tail", "subscribe_all", "symbols",
-        "token",
+        "access", "auth_failures", "closed", "event_channels", "submit_tail", "subscribe_all",
+        "symbols", "token",
     )
 
     def __init__(self) -> None:
         self.token: str | None = None
         self.access: Access | None = None
         self.auth_failures = 0
+        self.closed = False  # the connection is gone; nothing more can be sent to it
         # Both event channels are on by default, so the official clients get events unasked.
         self.event_channels: set[str] = set(EVENT_CHANNELS)
         self.symbols: set[str] = set()
@@ -61,6 +62,7 @@ class Session:
             self.auth_failures += 1
             raise
         self.auth_failures = 0
+        self.closed = False  # the connection is gone; nothing more can be sent to it
         return access
 
     def hears(self, channel: str, now: float) -> bool:
