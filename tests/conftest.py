@@ -78,8 +78,9 @@ class Client:
         self.writer.write(data)
 
     def expect(self, ext_id: str) -> asyncio.Future[dict[str, Any]]:
+        """The future of the next answer under `ext_id` (a resend gets a fresh one)."""
         future = self.responses.get(ext_id)
-        if future is None:
+        if future is None or future.done():
             future = self.responses[ext_id] = asyncio.get_running_loop().create_future()
         return future
 

@@ -1,0 +1,354 @@
+"""The real server process killed or stopped under load: answered work survives, retries are safe.
+
+These tests run `manager-gateway serve` as a subprocess with its default settings (ledger
+`synchronous=FULL`), learn its port from the line it prints once listening, and drive it with
+several pipelined connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sqlite3
+import sys
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pytest
+
+from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
+
+from ..conftest import DEMO_USER, Client
+
+pytestmark = pytest.mark.slow
+
+CLI = (sys.executable, "-m", "manager_gateway.cli")
+LISTENING = re.compile(rb"^manager-gateway listening on 127\.0\.0\.1:(\d+)\r?\n$")
+START_TIMEOUT_S = 20
+EXIT_TIMEOUT_S = 20
+BURST_TIMEOUT_S = 60
+LOGINS = tuple(range(9001, 9011))
+CONNECTIONS = 4
+WINDOW = 16  # requests each connection keeps in flight
+PER_CONNECTION = 250
+TRIGGER_AFTER = 300  # answers received before the server is killed or stopped
+
+
+@dataclass(frozen=True)
+class Request:
+    command: str
+    data: dict[str, Any]
+    ext_id: str
+
+    @property
+    def is_credit(self) -> bool:
+        return self.command.startswith("Credit")
+
+
+class Server:
+    """One `manager-gateway serve` process; its log goes to a file, its stdout gives the port."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, log: BinaryIO) -> None:
+        self.proc, self.port, self.log = proc, port, log
+
+    @classmethod
+    async def start(cls, data_dir: Path, log_path: Path) -> Server:
+        log = log_path.open("ab")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *CLI,
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                "0",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                cwd=data_dir.parent,
+            )
+        except BaseException:
+            log.close()
+            raise
+        server = cls(proc, 0, log)
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
+            match = LISTENING.match(line)
+            assert match, f"unexpected first line {line!r}; log:\n{log_path.read_text()}"
+            server.port = int(match.group(1))
+        except BaseException:
+            await server.stop()
+            raise
+        return server
+
+    async def wait(self) -> int:
+        """The exit status, within a bound."""
+        return await asyncio.wait_for(self.proc.wait(), EXIT_TIMEOUT_S)
+
+    async def stop(self) -> None:
+        """Kill if still running, reap, close the log (idempotent; for `finally`)."""
+        try:
+            if self.proc.returncode is None:
+                self.proc.kill()
+            await asyncio.wait_for(self.proc.wait(), EXIT_TIMEOUT_S)
+        finally:
+            self.log.close()
+
+
+async def cli(*args: str | Path) -> tuple[int, str]:
+    """Run a `manager-gateway` subcommand to completion (bounded): (exit status, stdout)."""
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        *map(str, args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), EXIT_TIMEOUT_S)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def admin_token(data_dir: Path) -> str:
+    status, out = await cli("token", "--data-dir", data_dir, "--login", "1", "--role", "admin")
+    assert status == 0, out
+    return out.strip().splitlines()[-1]
+
+
+async def connect(server: Server, token: str, clients: list[Client]) -> Client:
+    """A client that only wants its own answers (no pushed events); closed by the test."""
+    client = await Client.connect(server.port, token)
+    clients.append(client)
+    await client.ok("Unsubscribe", {"chanels": ["trade:event", "balance:event"]})
+    return client
+
+
+async def close_all(clients: list[Client]) -> None:
+    for client in clients:
+        await client.close()
+    clients.clear()
+
+
+def burst_requests(tag: str) -> list[deque[Request]]:
+    """Per connection, a queue of distinct credits and deposits spread over the accounts."""
+    queues = []
+    for conn in range(CONNECTIONS):
+        queue: deque[Request] = deque()
+        for i in range(PER_CONNECTION):
+            n = conn * PER_CONNECTION + i
+            data = {
+                "login": LOGINS[n % len(LOGINS)],
+                "amount": float(Decimal(n + 1) / 100 + 1),
+                "comment": f"{tag} {conn}/{i}",
+            }
+            command = "CreditInSync" if n % 2 else "BalanceInSync"
+            queue.append(Request(command, data, f"{tag}-{conn}-{i}"))
+        queues.append(queue)
+    return queues
+
+
+class Burst:
+    """Pipelined traffic: each connection keeps WINDOW requests in flight; after `trigger_after`
+    answers `trigger` runs (a signal), and sending stops unless `send_after_trigger`."""
+
+    def __init__(
+        self, trigger_after: int, trigger: Callable[[], None], send_after_trigger: bool = False
+    ) -> None:
+        self.sent: list[Request] = []
+        self.sent_before_trigger: list[Request] = []
+        self.answers: dict[str, dict[str, Any]] = {}
+        self.futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.triggered = False
+        self._trigger_after, self._trigger = trigger_after, trigger
+        self._send_after_trigger = send_after_trigger
+
+    @property
+    def stopped(self) -> bool:
+        return self.triggered and not self._send_after_trigger
+
+    async def run(self, clients: list[Client], queues: list[deque[Request]]) -> None:
+        workers = [
+            self._worker(client, queue)
+            for client, queue in zip(clients, queues, strict=True)
+            for _ in range(WINDOW)
+        ]
+        await asyncio.wait_for(asyncio.gather(*workers), BURST_TIMEOUT_S)
+
+    async def _worker(self, client: Client, queue: deque[Request]) -> None:
+        closed: asyncio.Future[Any] = asyncio.ensure_future(client.closed.wait())
+        try:
+            while queue and not self.stopped and not client.closed.is_set():
+                request = queue.popleft()
+                future = client.send(request.command, request.data, ext_id=request.ext_id)
+                self.sent.append(request)
+                self.futures[request.ext_id] = future
+                await asyncio.wait([future, closed], return_when=asyncio.FIRST_COMPLETED)
+                if not future.done():
+                    return  # the server went away with this request unanswered
+                self.answers[request.ext_id] = future.result()
+                if len(self.answers) >= self._trigger_after and not self.triggered:
+                    self.triggered = True
+                    self.sent_before_trigger = list(self.sent)
+                    self._trigger()
+        finally:
+            closed.cancel()
+
+
+def ledger_rows(data_dir: Path) -> dict[int, tuple[int, int, str, str]]:
+    """Current (latest version) records straight from the ledger: order -> (login, cmd, ...)."""
+    db = sqlite3.connect(f"file:{data_dir / LEDGER_FILE}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT ord, login, cmd, profit, comment FROM records r WHERE version ="
+            " (SELECT MAX(version) FROM records WHERE ord = r.ord)"
+        ).fetchall()
+    finally:
+        db.close()
+    return {order: (login, cmd, profit, comment) for order, login, cmd, profit, comment in rows}
+
+
+async def create_accounts(admin: Client) -> None:
+    for login in LOGINS:
+        await admin.ok("AddUser", {**DEMO_USER, "login": login}, ext_id=f"add-{login}")
+
+
+async def test_sigkill_mid_burst_keeps_every_answered_operation(tmp_path: Path) -> None:
+    """SIGKILL mid-burst, restart: answered work is there once; retries apply nothing twice."""
+    data_dir, log_path = tmp_path / "data", tmp_path / "server.log"
+    clients: list[Client] = []
+    server = await Server.start(data_dir, log_path)
+    try:
+        token = await admin_token(data_dir)
+        await create_accounts(await connect(server, token, clients))
+        conns = [await connect(server, token, clients) for _ in range(CONNECTIONS)]
+        burst = Burst(TRIGGER_AFTER, server.proc.kill)
+        await burst.run(conns, burst_requests("kill"))
+        assert await server.wait() == -signal.SIGKILL
+        await server.stop()
+        await close_all(clients)
+
+        answered = burst.answers
+        assert all(answer["status"] == 200 for answer in answered.values()), answered
+        # Killed mid-burst: some answers in, most of the burst never sent.
+        assert TRIGGER_AFTER <= len(answered) <= len(burst.sent) < CONNECTIONS * PER_CONNECTION
+
+        server = await Server.start(data_dir, log_path)
+        admin = await connect(server, token, clients)
+        for ext_id, answer in answered.items():
+            found = await admin.ok("GetTradeByOrder", {"order": answer["data"]["order"]})
+            assert found == answer["data"], ext_id
+        listed = await admin.ok("MngGetTradesByFilter", {"limit": 50_000})
+        before = {row["order"]: row for row in listed["rows"]}
+        assert listed["count"] == len(before)
+        assert {a["data"]["order"] for a in answered.values()} <= before.keys()
+        assert len(before) <= len(burst.sent)
+
+        # Every request of the burst again, same extIDs, pipelined over fresh connections.
+        retry_conns = [await connect(server, token, clients) for _ in range(CONNECTIONS)]
+        retries = [
+            retry_conns[n % CONNECTIONS].send(r.command, r.data, ext_id=r.ext_id)
+            for n, r in enumerate(burst.sent)
+        ]
+        retried = await asyncio.wait_for(asyncio.gather(*retries), BURST_TIMEOUT_S)
+        orders = set()
+        for request, answer in zip(burst.sent, retried, strict=True):
+            assert answer["status"] == 200, answer
+            record = answer["data"]
+            assert (record["login"], record["profit"], record["comment"]) == (
+                request.data["login"],
+                request.data["amount"],
+                request.data["comment"],
+            )
+            if request.ext_id in answered:
+                assert record == answered[request.ext_id]["data"]
+            if record["order"] in before:
+                assert record == before[record["order"]]
+            orders.add(record["order"])
+        assert len(orders) == len(burst.sent)
+        assert before.keys() <= orders
+        listed = await admin.ok("MngGetTradesByFilter", {"limit": 1})
+        assert listed["count"] == len(burst.sent)
+
+        want = {login: [Decimal(0), Decimal(0)] for login in LOGINS}
+        for request in burst.sent:
+            want[request.data["login"]][request.is_credit] += Decimal(str(request.data["amount"]))
+        rows = (await admin.ok("GetUserBalanceList", {"logins": list(LOGINS)}))["rows"]
+        assert {row["login"]: (row["balance"], row["credit"]) for row in rows} == {
+            login: (float(balance), float(credit)) for login, (balance, credit) in want.items()
+        }
+
+        await close_all(clients)
+        server.proc.send_signal(signal.SIGTERM)
+        assert await server.wait() == 0
+        status, out = await cli("ledger", "verify", "--data-dir", data_dir)
+        assert status == 0, out
+        assert f"orders={len(burst.sent)} " in out
+    finally:
+        await close_all(clients)
+        await server.stop()
+
+
+async def test_sigterm_under_load_answers_everything_and_exits_cleanly(tmp_path: Path) -> None:
+    """SIGTERM mid-burst: exit 0, every request sent got 200 or 503, 200s are in the ledger."""
+    data_dir, log_path = tmp_path / "data", tmp_path / "server.log"
+    clients: list[Client] = []
+    server = await Server.start(data_dir, log_path)
+    try:
+        token = await admin_token(data_dir)
+        await create_accounts(await connect(server, token, clients))
+        conns = [await connect(server, token, clients) for _ in range(CONNECTIONS)]
+        burst = Burst(
+            TRIGGER_AFTER, lambda: server.proc.send_signal(signal.SIGTERM), send_after_trigger=True
+        )
+        await burst.run(conns, burst_requests("term"))
+        assert await server.wait() == 0
+        for client in conns:
+            await asyncio.wait_for(client.closed.wait(), EXIT_TIMEOUT_S)
+
+        # Requests sent before the signal must all be answered; later ones may meet a closed
+        # connection, but whatever answer they got must be one of the same two.
+        unanswered = [
+            r.ext_id for r in burst.sent_before_trigger if not burst.futures[r.ext_id].done()
+        ]
+        assert unanswered == []
+        outcomes = {
+            r.ext_id: burst.futures[r.ext_id].result()
+            for r in burst.sent
+            if burst.futures[r.ext_id].done()
+        }
+        kinds = {(a["status"], a.get("error")) for a in outcomes.values()}
+        assert kinds <= {(200, None), (503, "SHUTTING_DOWN")}, kinds
+        applied = {ext_id: a["data"] for ext_id, a in outcomes.items() if a["status"] == 200}
+        assert len(applied) >= TRIGGER_AFTER
+
+        rows = ledger_rows(data_dir)
+        by_ext_id = {r.ext_id: r for r in burst.sent}
+        for ext_id, record in applied.items():
+            request = by_ext_id[ext_id]
+            assert rows[record["order"]] == (
+                request.data["login"],
+                7 if request.is_credit else 6,
+                f"{Decimal(str(request.data['amount'])):.2f}",
+                request.data["comment"],
+            )
+        # Nothing applied twice, nothing applied that was refused with 503.
+        by_comment = {r.data["comment"]: r.ext_id for r in burst.sent}
+        applied_ext_ids = [by_comment[comment] for _, _, _, comment in rows.values()]
+        assert sorted(applied_ext_ids) == sorted(set(applied_ext_ids))
+        refused = {ext_id for ext_id, a in outcomes.items() if a["status"] == 503}
+        assert refused.isdisjoint(applied_ext_ids)
+        await close_all(clients)
+        status, out = await cli("ledger", "verify", "--data-dir", data_dir)
+        assert status == 0, out
+    finally:
+        await close_all(clients)
+        await server.stop()
