@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -123,10 +124,8 @@ class Client:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError):
             await self.writer.wait_closed()
-        except ConnectionError:
-            pass
         await self._task
 
 
@@ -159,7 +158,9 @@ class Harness:
         self.clients.append(client)
         return client
 
-    async def add_user(self, client: Client, login: int, group: str = "demo", **fields: Any) -> None:
+    async def add_user(
+        self, client: Client, login: int, group: str = "demo", **fields: Any
+    ) -> None:
         await client.ok("AddUser", {**DEMO_USER, "login": login, "group": group, **fields})
 
     async def close_clients(self) -> None:

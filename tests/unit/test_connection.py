@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from decimal import Decimal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 

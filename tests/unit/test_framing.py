@@ -247,7 +247,7 @@ def test_frame_too_large_carries_413() -> None:
 
 
 def test_lines_of_only_spaces_and_tabs_are_blank() -> None:
-    """A line of spaces and tabs is skipped like an empty one; a frame with leading spaces is not."""
+    """A line of spaces and tabs is skipped like an empty one; leading spaces stay in a frame."""
     decoder = FrameDecoder(64)
     assert decoder.feed(b"  \t \r\n\t\n {}\r\n") == [b" {}"]
 
