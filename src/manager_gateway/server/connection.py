@@ -23,6 +23,7 @@ from ..protocol.errors import (
     InternalError,
     InvalidToken,
     ShuttingDown,
+    SyncTimeout,
     TooManyRequests,
 )
 from ..protocol.framing import FrameDecoder
@@ -164,9 +165,12 @@ class Connection(asyncio.Protocol):
         self.send(frame)
 
     def _refused(self, request: Envelope, error: GatewayError) -> None:
+        access = self.session.access
         self.log.info(
-            "command_rejected", ext_id=request.ext_id, command=request.command,
-            status=error.status, error=error.code, message=error.message,
+            "sync_timeout" if isinstance(error, SyncTimeout) else "command_rejected",
+            ext_id=request.ext_id, command=request.command,
+            session=f"{access.subject}/{int(access.type)}" if access else None,
+            status=error.status, error=error.code, message=error.message, data=error.data,
         )
         self.send(encode_error(error, request.ext_id))
         if (
