@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # bad settings, missing files, a port in use
         structlog.get_logger().error("startup_failed", error=str(exc))
         print(f"manager-gateway: {exc}", file=sys.stderr)
         return 2

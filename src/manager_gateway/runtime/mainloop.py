@@ -105,18 +105,13 @@ class MainLoop:
     async def _run(self) -> None:
         queue = self._queue
         while True:
-            first = await queue.get()
-            ops = [first]
+            ops = [await queue.get()]
             while len(ops) < self._max_batch and not queue.empty():
                 ops.append(queue.get_nowait())
-            stop = None in ops
+            # None is the stop marker: it only wakes the loop. Everything queued was submitted
+            # before `_closing` was set, so it is all processed before the loop ends.
             await self._process([op for op in ops if op is not None])
-            if stop:
-                # Whatever arrived behind the stop marker was submitted before `_closing` was
-                # set; it still gets an answer.
-                while not queue.empty():
-                    rest = [op for op in [queue.get_nowait()] if op is not None]
-                    await self._process(rest)
+            if self._closing and queue.empty():
                 return
 
     async def _process(self, ops: list[Operation]) -> None:

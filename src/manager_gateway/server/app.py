@@ -71,14 +71,18 @@ class Gateway:
     async def start(self) -> None:
         """Load the ledger, start the main loop, listen. `port` is the bound port afterwards."""
         await self.runtime.start()
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: Connection(self),
-            self.settings.host,
-            self.settings.port,
-            ssl=self._tls(),
-            backlog=1024,
-            reuse_address=True,
-        )
+        try:
+            self._server = await asyncio.get_running_loop().create_server(
+                lambda: Connection(self),
+                self.settings.host,
+                self.settings.port,
+                ssl=self._tls(),
+                backlog=1024,
+                reuse_address=True,
+            )
+        except BaseException:
+            await self.runtime.stop()  # e.g. the port is taken: close the ledger cleanly
+            raise
         self.port = self._server.sockets[0].getsockname()[1]
         log.info(
             "gateway_listening", host=self.settings.host, port=self.port,
