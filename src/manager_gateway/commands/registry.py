@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol.models import (
@@ -39,11 +39,12 @@ class CommandSpec:
     handler: Handler
     roles: frozenset[SessionType]
     changes_state: bool = False
+    #: Coroutine handlers wait for the main loop; plain ones answer at once. Derived once here,
+    #: not per request.
+    is_async: bool = field(init=False)
 
-    @property
-    def is_async(self) -> bool:
-        """Coroutine handlers wait for the main loop; plain ones answer at once."""
-        return inspect.iscoroutinefunction(self.handler)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
 
 
 def _finance_rows() -> dict[str, CommandSpec]:

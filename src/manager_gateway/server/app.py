@@ -51,12 +51,13 @@ class Gateway:
         self.storage: Storage = storage or SQLiteLedger(data_dir, settings.ledger_synchronous)
         self.waiters = WaiterRegistry(self.clock, settings.sync_timeout_ms)
         self.hub = EventHub(self.clock)
+        groups = settings.groups_by_name()
         self.runtime = MainLoop(
-            self.storage, self.waiters, self.hub, self.clock, settings.groups_by_name(),
+            self.storage, self.waiters, self.hub, self.clock, groups,
             settings.idempotency_ttl_s, settings.max_batch,
         )
         self.services = Services(
-            self.runtime, self.waiters, self.clock, settings.groups_by_name(),
+            self.runtime, self.waiters, self.clock, groups,
             hashlib.sha256(b"idempotency-digest\0" + secret).digest(),
         )
         self.draining = False
