@@ -45,24 +45,19 @@ class Session:
         checked on every use.
         """
         try:
-            if presented is None:
+            if presented is None or (presented == self.token and self.access is not None):
                 access = self.access
-                if access is None or self.token is None:
+                if access is None:
                     raise InvalidToken("missing token")
-                if access.expires_at <= now:
-                    raise InvalidToken("token expired")
-            elif presented == self.token and self.access is not None:
-                access = self.access
                 if access.expires_at <= now:
                     raise InvalidToken("token expired")
             else:
                 access = tokens.verify(presented, now)
-                self.token, self.access = presented, access  # type: ignore[assignment]
+                self.token, self.access = str(presented), access  # verify() took only a str
         except InvalidToken:
             self.auth_failures += 1
             raise
         self.auth_failures = 0
-        self.closed = False  # the connection is gone; nothing more can be sent to it
         return access
 
     def hears(self, channel: str, now: float) -> bool:
