@@ -23,6 +23,17 @@ ROLES = {"user": SessionType.USER, "manager": SessionType.MANAGER,
          "dealer": SessionType.DEALER, "admin": SessionType.ADMIN}
 
 
+def _raise_file_limit() -> None:
+    """Every connection is a file descriptor; lift the soft limit to the hard one so
+    max_connections, not a default of 1024, is what bounds them."""
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _install_event_loop() -> None:
     with contextlib.suppress(ImportError):
         import uvloop
@@ -55,6 +66,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings.log_format, settings.log_level)
+    _raise_file_limit()
     _install_event_loop()
     asyncio.run(_serve(settings))
     return 0
