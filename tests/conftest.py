@@ -18,7 +18,7 @@ from manager_gateway.runtime.storage import Storage
 from manager_gateway.server.app import Gateway
 from manager_gateway.session.access import SessionType
 
-from .fakes import GatedLedger
+from .fakes import FakeClock, GatedLedger
 
 DEMO_USER = {
     "group": "demo",
@@ -28,6 +28,16 @@ DEMO_USER = {
     "enable": 1,
     "email": "user@example.com",
 }
+
+POLL_ROUNDS = 500  # each round is a real request round trip, not a sleep
+
+
+def money(login: int, balance: float, credit: float) -> dict[str, Any]:
+    """The money fields of an account with no open positions."""
+    return {
+        "login": login, "balance": balance, "credit": credit, "equity": balance + credit,
+        "margin": 0.0, "margin_free": balance + credit, "margin_level": 0.0,
+    }
 
 
 _EXT_IDS = itertools.count(1)  # unique across clients: extIDs are idempotency keys per subject
@@ -170,6 +180,28 @@ class Harness:
 
 
 GatewayFactory = Callable[..., Awaitable[Harness]]
+
+
+async def wait_until(probe: Client, condition: Callable[[], bool]) -> None:
+    """Poll with HealthCheck round trips until `condition()` holds (bounded)."""
+    for _ in range(POLL_ROUNDS):
+        if condition():
+            return
+        await probe.ok("HealthCheck")
+    assert condition(), "condition not reached within the polling bound"
+
+
+def ledger(gw: Harness) -> GatedLedger:
+    storage = gw.gateway.storage
+    assert isinstance(storage, GatedLedger)
+    return storage
+
+
+@pytest.fixture
+def frozen_clock() -> FakeClock:
+    """A FakeClock frozen at the current whole second, so tokens issued from real time stay
+    valid; tests move it to expire tokens."""
+    return FakeClock(wall=float(int(time.time())))
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ the clock never moves here, so no Sync timeout can fire behind a test's back.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 
 from manager_gateway.session.access import SessionType
 
-from ..conftest import DEMO_USER, Client, GatewayFactory, Harness
+from ..conftest import DEMO_USER, Client, GatewayFactory, Harness, money
 from ..fakes import FakeClock
 
 FINANCE = {"BalanceIn": 6, "CreditIn": 7, "BalanceOut": 8, "CreditOut": 9}
@@ -25,27 +24,11 @@ RECORD_KEYS = {
     "open_time", "close_time", "update_time", "reason",
 }
 
-_client_ids = itertools.count(1)
-
 
 @pytest.fixture
-def clock() -> FakeClock:
-    """A clock frozen at the current whole second (tokens issued from real time stay valid)."""
-    return FakeClock(wall=float(int(time.time())))
-
-
-@pytest.fixture
-async def h(make_gateway: GatewayFactory, clock: FakeClock) -> Harness:
+async def h(make_gateway: GatewayFactory, frozen_clock: FakeClock) -> Harness:
     """A gateway on the frozen clock."""
-    return await make_gateway(clock=clock)
-
-
-async def connect(h: Harness, token: str | None = None, **token_kw: Any) -> Client:
-    """A client whose extIDs are unique among all clients of the test (they key idempotency)."""
-    client = await h.client(token, **token_kw)
-    prefix, counter = f"c{next(_client_ids)}", itertools.count(1)
-    client.next_ext_id = lambda: f"{prefix}-{next(counter)}"  # type: ignore[method-assign]
-    return client
+    return await make_gateway(clock=frozen_clock)
 
 
 def record(
@@ -59,14 +42,6 @@ def record(
         "open_time": now if open_time is None else open_time,
         "close_time": now if close_time is None else close_time,
         "update_time": now, "reason": 7,
-    }
-
-
-def money(login: int, balance: float, credit: float) -> dict[str, Any]:
-    """The money fields of an account with no open positions."""
-    return {
-        "login": login, "balance": balance, "credit": credit, "equity": balance + credit,
-        "margin": 0.0, "margin_free": balance + credit, "margin_level": 0.0,
     }
 
 
@@ -85,7 +60,7 @@ async def error(client: Client, command: str, data: dict[str, Any], status: int,
 
 async def funded(h: Harness, login: int = 1001, balance: float = 0, credit: float = 0) -> Client:
     """A manager client with an account `login` holding `balance` and `credit`."""
-    client = await connect(h)
+    client = await h.client()
     await h.add_user(client, login)
     if balance:
         await client.ok("BalanceInSync", {"login": login, "amount": balance})
@@ -109,9 +84,11 @@ def signed(command: str, amount: float) -> float:
 
 
 @pytest.mark.parametrize("command", list(FINANCE))
-async def test_async_finance_acks_new_record(h: Harness, clock: FakeClock, command: str) -> None:
+async def test_async_finance_acks_new_record(
+    h: Harness, frozen_clock: FakeClock, command: str
+) -> None:
     """The async form acks {accepted, order, state 10, login, cmd, amount} and records it."""
-    now = int(clock.wall())
+    now = int(frozen_clock.wall())
     client = await funded(h, balance=500, credit=500)
     amount = signed(command, 125.5)
     ack = await client.ok(command, finance_data(command, 1001, amount))
@@ -131,9 +108,11 @@ async def test_async_finance_acks_new_record(h: Harness, clock: FakeClock, comma
 
 
 @pytest.mark.parametrize("command", list(FINANCE))
-async def test_sync_finance_answers_full_record(h: Harness, clock: FakeClock, command: str) -> None:
+async def test_sync_finance_answers_full_record(
+    h: Harness, frozen_clock: FakeClock, command: str
+) -> None:
     """The Sync form answers with the whole record, equal to its trade:event and GetTradeByOrder."""
-    now = int(clock.wall())
+    now = int(frozen_clock.wall())
     client = await funded(h, balance=500, credit=500)
     client.drain_events()
     amount = signed(command, 20.25)
@@ -150,7 +129,7 @@ async def test_sync_finance_answers_full_record(h: Harness, clock: FakeClock, co
     assert h.gateway.waiters.pending_count() == 0
 
 
-async def test_balance_comment_defaults_to_finance(h: Harness, clock: FakeClock) -> None:
+async def test_balance_comment_defaults_to_finance(h: Harness, frozen_clock: FakeClock) -> None:
     """BalanceIn/BalanceOut without a comment record "Finance"."""
     client = await funded(h, balance=100)
     rec_in = await client.ok("BalanceInSync", {"login": 1001, "amount": 5})
@@ -185,9 +164,9 @@ async def test_comment_length_limit(h: Harness) -> None:
 # -- finance: update through `order` -----------------------------------------------------------
 
 
-async def test_async_update_acks_state_11(h: Harness, clock: FakeClock) -> None:
+async def test_async_update_acks_state_11(h: Harness, frozen_clock: FakeClock) -> None:
     """`order` of an existing record updates it: ack state 11, amount and comment replaced."""
-    now = int(clock.wall())
+    now = int(frozen_clock.wall())
     client = await funded(h)
     first = await client.ok("BalanceIn", {"login": 1001, "amount": 100, "comment": "first"})
     ack = await client.ok(
@@ -205,10 +184,10 @@ async def test_async_update_acks_state_11(h: Harness, clock: FakeClock) -> None:
 
 
 async def test_sync_update_answers_update_event_and_takes_the_commands_cmd(
-    h: Harness, clock: FakeClock
+    h: Harness, frozen_clock: FakeClock
 ) -> None:
     """A Sync update answers with the EV_RECORD_UPDATE record; cmd becomes the command's own."""
-    now = int(clock.wall())
+    now = int(frozen_clock.wall())
     client = await funded(h, balance=500, credit=100)
     first = await client.ok("BalanceInSync", {"login": 1001, "amount": 100, "comment": "in"})
     client.drain_events()
@@ -302,7 +281,7 @@ async def test_withdrawal_below_zero_is_refused_and_changes_nothing(
 @pytest.mark.parametrize("command", [*FINANCE, *(name + "Sync" for name in FINANCE)])
 async def test_finance_on_unknown_login_is_user_not_found(h: Harness, command: str) -> None:
     """Finance on a login that does not exist is 404 USER_NOT_FOUND."""
-    client = await connect(h)
+    client = await h.client()
     amount = -1 if "Out" in command else 1
     await error(client, command, finance_data(command, 4242, amount), 404, "USER_NOT_FOUND")
     assert h.gateway.waiters.pending_count() == 0
@@ -343,7 +322,7 @@ async def test_amount_bounds_and_types(h: Harness) -> None:
     assert await balances(client, 1001) == {"login": 1001, "balance": 0.0, "credit": 0.0}
 
 
-async def test_open_and_close_time_are_recorded(h: Harness, clock: FakeClock) -> None:
+async def test_open_and_close_time_are_recorded(h: Harness, frozen_clock: FakeClock) -> None:
     """`open_time` / `close_time` given in unix seconds appear on the record."""
     client = await funded(h)
     ack = await client.ok(
@@ -351,7 +330,7 @@ async def test_open_and_close_time_are_recorded(h: Harness, clock: FakeClock) ->
     )
     stored = await client.ok("GetTradeByOrder", {"order": ack["order"]})
     assert (stored["open_time"], stored["close_time"], stored["update_time"]) == (
-        1_600_000_000, 17, int(clock.wall())
+        1_600_000_000, 17, int(frozen_clock.wall())
     )
     await error(
         client, "BalanceIn", {"login": 1001, "amount": 1, "open_time": -1}, 400, "INVALID_DATA"
@@ -363,10 +342,10 @@ async def test_open_and_close_time_are_recorded(h: Harness, clock: FakeClock) ->
 
 @pytest.mark.parametrize(("kind", "cmd"), [("Balance", 6), ("Credit", 7)])
 async def test_async_delete_acks_state_12(
-    h: Harness, clock: FakeClock, kind: str, cmd: int
+    h: Harness, frozen_clock: FakeClock, kind: str, cmd: int
 ) -> None:
     """DeleteBalance/DeleteCredit ack state 12, reverse the amount, leave the record in state 6."""
-    now = int(clock.wall())
+    now = int(frozen_clock.wall())
     client = await funded(h, balance=10, credit=10)
     made = await client.ok(f"{kind}In", finance_data(f"{kind}In", 1001, 25, comment="to delete"))
     ack = await client.ok(f"Delete{kind}", {"order": made["order"]})
@@ -381,10 +360,10 @@ async def test_async_delete_acks_state_12(
 
 @pytest.mark.parametrize(("kind", "cmd"), [("Balance", 8), ("Credit", 9)])
 async def test_delete_sync_answers_the_delete_event(
-    h: Harness, clock: FakeClock, kind: str, cmd: int
+    h: Harness, frozen_clock: FakeClock, kind: str, cmd: int
 ) -> None:
     """DeleteXSync answers with the EV_RECORD_DELETE record (state 6); an Out deleted gives back."""
-    now = int(clock.wall())
+    now = int(frozen_clock.wall())
     client = await funded(h, balance=100, credit=100)
     made = await client.ok(f"{kind}Out", finance_data(f"{kind}Out", 1001, -40, comment="out"))
     client.drain_events()
@@ -441,7 +420,7 @@ async def test_delete_that_would_go_negative_is_refused(
 
 async def test_add_user_allocates_a_login_when_omitted(h: Harness) -> None:
     """AddUser without `login` allocates distinct logins and answers {login, leverage, currency}."""
-    client = await connect(h)
+    client = await h.client()
     first = await client.ok("AddUser", {**DEMO_USER, "leverage": 200})
     second = await client.ok("AddUser", DEMO_USER)
     assert first == {"login": first["login"], "leverage": 200, "currency": "USD"}
@@ -458,7 +437,7 @@ async def test_add_user_allocates_a_login_when_omitted(h: Harness) -> None:
 
 async def test_add_user_refusals(h: Harness) -> None:
     """USER_EXISTS 409, GROUP_NOT_FOUND 404, and INVALID_DATA naming each bad field."""
-    client = await connect(h)
+    client = await h.client()
     await h.add_user(client, 1001)
     await error(client, "AddUser", {**DEMO_USER, "login": 1001}, 409, "USER_EXISTS")
     await error(client, "AddUser", {**DEMO_USER, "group": "nope"}, 404, "GROUP_NOT_FOUND")
@@ -478,7 +457,7 @@ async def test_add_user_refusals(h: Harness) -> None:
 
 async def test_add_user_accepts_the_edges(h: Harness) -> None:
     """Password of 6 and 64 characters, leverage 1 and 10000, enable 0 are accepted."""
-    client = await connect(h)
+    client = await h.client()
     for login, fields in (
         (2001, {"password": "p" * 6, "leverage": 1, "enable": 0}),
         (2002, {"password": "p" * 64, "leverage": 10_000, "enable": 1}),
@@ -521,7 +500,7 @@ async def test_get_user_balance_list_leaves_unknown_logins_out(h: Harness) -> No
 
 async def test_get_groups(h: Harness) -> None:
     """GetGroups lists the configured default group `demo`, USD, 2 digits."""
-    client = await connect(h)
+    client = await h.client()
     answer = await client.ok("GetGroups", {})
     assert answer["count"] == 1 and len(answer["rows"]) == 1
     row = answer["rows"][0]
@@ -533,12 +512,12 @@ async def test_get_groups(h: Harness) -> None:
 # -- trades ------------------------------------------------------------------------------------
 
 
-async def test_get_trade_by_order(h: Harness, clock: FakeClock) -> None:
+async def test_get_trade_by_order(h: Harness, frozen_clock: FakeClock) -> None:
     """GetTradeByOrder answers the current record; unknown orders are TRADE_NOT_FOUND."""
     client = await funded(h)
     ack = await client.ok("CreditIn", {"login": 1001, "amount": 7, "comment": "bonus"})
     stored = await client.ok("GetTradeByOrder", {"order": ack["order"]})
-    assert stored == record(ack["order"], 1001, 7, 7.0, "bonus", int(clock.wall()))
+    assert stored == record(ack["order"], 1001, 7, 7.0, "bonus", int(frozen_clock.wall()))
     await error(client, "GetTradeByOrder", {"order": 999_999}, 404, "TRADE_NOT_FOUND")
     await error(client, "GetTradeByOrder", {"order": -1}, 400, "INVALID_DATA")
 
@@ -606,7 +585,7 @@ async def test_trades_by_filter_default_limit_is_1000(h: Harness) -> None:
 
 async def test_subscription_commands_answer_200(h: Harness) -> None:
     """Subscribe, Unsubscribe, SubscribeAll and UnsubscribeAll all answer 200."""
-    client = await connect(h)
+    client = await h.client()
     for command, data in (
         ("Subscribe", {"chanels": ["EURUSD", "GBPUSD"]}),
         ("Unsubscribe", {"chanels": ["EURUSD"]}),
@@ -788,6 +767,6 @@ async def test_user_role_sees_own_account_data_shape(h: Harness) -> None:
     """A USER token (sub = its login) may read its own finance record with GetTradeByOrder."""
     manager = await funded(h)
     ack = await manager.ok("BalanceIn", {"login": 1001, "amount": 3})
-    user = await connect(h, role=SessionType.USER, login=1001)
+    user = await h.client(role=SessionType.USER, login=1001)
     stored = await user.ok("GetTradeByOrder", {"order": ack["order"]})
     assert stored == await manager.ok("GetTradeByOrder", {"order": ack["order"]})

@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 from manager_gateway.runtime.verify import verify_ledger
 
-from ..conftest import Client, GatewayFactory, Harness
+from ..conftest import POLL_ROUNDS, Client, GatewayFactory, Harness, wait_until
 from ..fakes import GatedLedger
 
 CONNECTIONS = 20
 PER_CONNECTION = 10
 ACCOUNTS = 20
 FIRST_LOGIN = 3001
-POLL_ROUNDS = 500  # each round is a real request round trip, not a sleep
-
-
-async def wait_until(probe: Client, condition: Callable[[], bool]) -> None:
-    """Poll with HealthCheck round trips until `condition()` holds (bounded)."""
-    for _ in range(POLL_ROUNDS):
-        if condition():
-            return
-        await probe.ok("HealthCheck")
-    assert condition(), "condition not reached within the polling bound"
 
 
 async def quiet_client(gw: Harness) -> Client:

@@ -8,15 +8,13 @@ it (the gateway writes in order per connection), so an empty event queue then pr
 from __future__ import annotations
 
 import asyncio
-import itertools
-import time
 from typing import Any
 
 import pytest
 
 from manager_gateway.session.access import SessionType
 
-from ..conftest import Client, GatewayFactory, Harness
+from ..conftest import Client, GatewayFactory, Harness, money
 from ..fakes import FakeClock
 
 USER, MANAGER, DEALER, ADMIN = (
@@ -28,20 +26,11 @@ TWO_GROUPS = [
     {"name": "vip-eur", "currency": "EUR", "digits": 2},
 ]
 
-_client_ids = itertools.count(1)
-
-
 @pytest.fixture
-def clock() -> FakeClock:
-    """A clock frozen at the current whole second; tests move it to expire tokens."""
-    return FakeClock(wall=float(int(time.time())))
-
-
-@pytest.fixture
-async def h(make_gateway: GatewayFactory, clock: FakeClock) -> Harness:
+async def h(make_gateway: GatewayFactory, frozen_clock: FakeClock) -> Harness:
     """Groups demo and vip-eur, accounts 1001 and 1002 (demo) and 2001 (vip-eur)."""
-    harness = await make_gateway(clock=clock, groups=TWO_GROUPS)
-    admin = await connect(harness, role=ADMIN, login="setup")
+    harness = await make_gateway(clock=frozen_clock, groups=TWO_GROUPS)
+    admin = await bound_client(harness, role=ADMIN, login="setup")
     await asyncio.gather(*(
         harness.add_user(admin, login, group=group)
         for login, group in ((1001, "demo"), (1002, "demo"), (2001, "vip-eur"))
@@ -51,21 +40,12 @@ async def h(make_gateway: GatewayFactory, clock: FakeClock) -> Harness:
     return harness
 
 
-async def connect(h: Harness, token: str | None = None, **token_kw: Any) -> Client:
-    """A client bound to its token (one request made) with extIDs unique within the test."""
+async def bound_client(h: Harness, token: str | None = None, **token_kw: Any) -> Client:
+    """A client bound to its token (one request made)."""
     client = await h.client(token, **token_kw)
-    prefix, counter = f"e{next(_client_ids)}", itertools.count(1)
-    client.next_ext_id = lambda: f"{prefix}-{next(counter)}"  # type: ignore[method-assign]
     answer = await client.request("Subscribe", {"chanels": []})
     assert answer["status"] in (200, 403), answer
     return client
-
-
-def money(login: int, balance: float, credit: float) -> dict[str, Any]:
-    return {
-        "login": login, "balance": balance, "credit": credit, "equity": balance + credit,
-        "margin": 0.0, "margin_free": balance + credit, "margin_level": 0.0,
-    }
 
 
 async def change_events(client: Client) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -87,7 +67,7 @@ async def assert_silent(*clients: Client) -> None:
 
 async def test_every_change_pushes_trade_then_balance(h: Harness) -> None:
     """Add, update and delete each push trade:event (type 0, 1, 2) then balance:event."""
-    client = await connect(h)
+    client = await bound_client(h)
     added = await client.ok("BalanceInSync", {"login": 1001, "amount": 100})
     trade, balance = await change_events(client)
     assert trade == {"event": "trade:event", "type": 0, "data": added}
@@ -131,8 +111,8 @@ async def test_every_change_pushes_trade_then_balance(h: Harness) -> None:
 
 async def test_refused_operations_push_nothing(h: Harness) -> None:
     """A refused operation (NOT_ENOUGH_MONEY, INVALID_DATA, unknown login) pushes no event."""
-    client = await connect(h)
-    watcher = await connect(h, role=ADMIN)
+    client = await bound_client(h)
+    watcher = await bound_client(h, role=ADMIN)
     for command, data in (
         ("BalanceOutSync", {"login": 1001, "amount": -1}),
         ("CreditOut", {"login": 1001, "amount": -1, "comment": "c"}),
@@ -147,29 +127,31 @@ async def test_refused_operations_push_nothing(h: Harness) -> None:
 
 
 async def test_events_reach_exactly_the_sessions_allowed_to_see_them(
-    h: Harness, clock: FakeClock
+    h: Harness, frozen_clock: FakeClock
 ) -> None:
     """Requester, admin, matching masks and the account's own USER hear it; no one else does."""
-    requester = await connect(h)
+    requester = await bound_client(h)
     allowed = [
         requester,
-        await connect(h, role=ADMIN, groups=["vip*"]),
-        await connect(h, role=MANAGER, groups=["demo"]),
-        await connect(h, role=DEALER, groups=["de*", "nothing"]),
-        await connect(h, role=USER, login=1001),
+        await bound_client(h, role=ADMIN, groups=["vip*"]),
+        await bound_client(h, role=MANAGER, groups=["demo"]),
+        await bound_client(h, role=DEALER, groups=["de*", "nothing"]),
+        await bound_client(h, role=USER, login=1001),
     ]
-    unsubscribed = await connect(h)
+    unsubscribed = await bound_client(h)
     await unsubscribed.ok("Unsubscribe", {"chanels": EVENT_CHANNELS})
-    expiring = await connect(h, h.gateway.tokens.issue("9", MANAGER, ["*"], int(clock.wall()) + 30))
+    expiring = await bound_client(
+        h, h.gateway.tokens.issue("9", MANAGER, ["*"], int(frozen_clock.wall()) + 30)
+    )
     excluded = [
-        await connect(h, role=MANAGER, groups=["vip*"]),
-        await connect(h, role=DEALER, groups=["vip-eur"]),
-        await connect(h, role=USER, login=1002),
-        await connect(h, role=USER, login="1001x"),
+        await bound_client(h, role=MANAGER, groups=["vip*"]),
+        await bound_client(h, role=DEALER, groups=["vip-eur"]),
+        await bound_client(h, role=USER, login=1002),
+        await bound_client(h, role=USER, login="1001x"),
         unsubscribed,
         expiring,
     ]
-    clock.advance(31)  # only `expiring` holds a token this old
+    frozen_clock.advance(31)  # only `expiring` holds a token this old
 
     record = await requester.ok("CreditInSync", {"login": 1001, "amount": 25, "comment": "promo"})
     for client in allowed:
@@ -179,7 +161,7 @@ async def test_events_reach_exactly_the_sessions_allowed_to_see_them(
     await assert_silent(*allowed, *excluded)
 
     await unsubscribed.ok("Subscribe", {"chanels": EVENT_CHANNELS})
-    fresh = h.gateway.tokens.issue("9", MANAGER, ["*"], int(clock.wall()) + 30)
+    fresh = h.gateway.tokens.issue("9", MANAGER, ["*"], int(frozen_clock.wall()) + 30)
     await expiring.ok("GetGroups", {}, token=fresh)
     ack = await requester.ok("CreditOut", {"login": 1001, "amount": -5, "comment": "back"})
     for client in [*allowed, unsubscribed, expiring]:
@@ -192,9 +174,9 @@ async def test_events_reach_exactly_the_sessions_allowed_to_see_them(
 
 async def test_events_of_a_vip_account_follow_the_masks(h: Harness) -> None:
     """A change on a vip-eur account reaches vip masks and admins, not demo-only sessions."""
-    demo_manager = await connect(h, role=MANAGER, groups=["demo"])
-    vip_dealer = await connect(h, role=DEALER, groups=["vip*"])
-    admin = await connect(h, role=ADMIN)
+    demo_manager = await bound_client(h, role=MANAGER, groups=["demo"])
+    vip_dealer = await bound_client(h, role=DEALER, groups=["vip*"])
+    admin = await bound_client(h, role=ADMIN)
     await vip_dealer.ok("BalanceInSync", {"login": 2001, "amount": 12.5})
     for client in (vip_dealer, admin):
         trade, balance = await change_events(client)
@@ -206,9 +188,9 @@ async def test_events_of_a_vip_account_follow_the_masks(h: Harness) -> None:
 
 async def test_requester_that_unsubscribed_gets_only_its_answer(h: Harness) -> None:
     """A session that turned both event channels off gets its Sync answer and no events."""
-    cashier = await connect(h)
+    cashier = await bound_client(h)
     await cashier.ok("Unsubscribe", {"chanels": EVENT_CHANNELS})
-    watcher = await connect(h)
+    watcher = await bound_client(h)
     record = await cashier.ok("BalanceInSync", {"login": 1001, "amount": 3})
     trade, _ = await change_events(watcher)
     assert trade["data"] == record
@@ -218,11 +200,11 @@ async def test_requester_that_unsubscribed_gets_only_its_answer(h: Harness) -> N
 
 async def test_channels_are_independent(h: Harness) -> None:
     """Unsubscribing trade:event alone still delivers balance:event, and the other way round."""
-    balance_only = await connect(h)
+    balance_only = await bound_client(h)
     await balance_only.ok("Unsubscribe", {"chanels": ["trade:event"]})
-    trade_only = await connect(h)
+    trade_only = await bound_client(h)
     await trade_only.ok("Unsubscribe", {"chanels": ["balance:event"]})
-    both = await connect(h)
+    both = await bound_client(h)
     await both.ok("BalanceIn", {"login": 1001, "amount": 4})
     await change_events(both)
     balance = await balance_only.next_event()
@@ -234,11 +216,11 @@ async def test_channels_are_independent(h: Harness) -> None:
 
 async def test_unsubscribe_all_leaves_event_channels_on(h: Harness) -> None:
     """UnsubscribeAll clears symbol channels only: events keep coming."""
-    client = await connect(h)
+    client = await bound_client(h)
     await client.ok("Subscribe", {"chanels": ["EURUSD"]})
     await client.ok("SubscribeAll", {})
     await client.ok("UnsubscribeAll", {})
-    other = await connect(h)
+    other = await bound_client(h)
     await other.ok("BalanceIn", {"login": 1002, "amount": 9})
     trade, balance = await change_events(client)
     assert (trade["type"], trade["data"]["login"]) == (0, 1002)
@@ -247,7 +229,7 @@ async def test_unsubscribe_all_leaves_event_channels_on(h: Harness) -> None:
 
 async def test_changes_by_one_session_reach_the_others(h: Harness) -> None:
     """Events are pushed to every allowed session, not only to the one that made the change."""
-    clients = [await connect(h) for _ in range(5)]
+    clients = [await bound_client(h) for _ in range(5)]
     for index, client in enumerate(clients):
         await client.ok("BalanceIn", {"login": 1001, "amount": index + 1})
     for client in clients:
@@ -262,9 +244,9 @@ async def test_changes_by_one_session_reach_the_others(h: Harness) -> None:
 @pytest.mark.parametrize("kind", [SessionType.SYSTEM, SessionType.FIX], ids=lambda kind: kind.name)
 async def test_refused_session_types_hear_no_events(h: Harness, kind: SessionType) -> None:
     """A SYSTEM or FIX token is refused on this API (403), so its session hears no events."""
-    refused = await connect(h, role=kind)
+    refused = await bound_client(h, role=kind)
     assert (await refused.request("GetGroups"))["status"] == 403
-    requester = await connect(h)
+    requester = await bound_client(h)
     await requester.ok("BalanceIn", {"login": 1001, "amount": 1})
     await change_events(requester)
     await assert_silent(refused)

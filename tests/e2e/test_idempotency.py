@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from manager_gateway.runtime.verify import verify_ledger
 from manager_gateway.session.access import SessionType
 
-from ..conftest import DEMO_USER, Client, GatewayFactory, Harness
-from ..fakes import FakeClock, GatedLedger
+from ..conftest import DEMO_USER, Client, GatewayFactory, Harness, ledger, wait_until
+from ..fakes import FakeClock
 
 LOGIN = 5001
-POLL_ROUNDS = 500  # each round is a real request round trip, not a sleep
 CREDIT = {"login": LOGIN, "amount": 125.5, "comment": "bonus"}
-
-
-async def wait_until(probe: Client, condition: Callable[[], bool]) -> None:
-    """Poll with HealthCheck round trips until `condition()` holds (bounded)."""
-    for _ in range(POLL_ROUNDS):
-        if condition():
-            return
-        await probe.ok("HealthCheck")
-    assert condition(), "condition not reached within the polling bound"
-
-
-async def add_user(client: Client, login: int) -> None:
-    """AddUser with an extID of its own (the harness's generated ones may repeat across clients)."""
-    await client.ok("AddUser", {**DEMO_USER, "login": login}, ext_id=f"add-{login}")
 
 
 async def money(client: Client, login: int = LOGIN) -> tuple[float, float]:
@@ -62,16 +46,10 @@ async def ok(client: Client, command: str, data: dict[str, Any], ext_id: str) ->
     return answer["data"]
 
 
-def ledger(gw: Harness) -> GatedLedger:
-    storage = gw.gateway.storage
-    assert isinstance(storage, GatedLedger)
-    return storage
-
-
 async def test_retry_on_same_connection_answers_the_same_record(gw: Harness) -> None:
     """CreditInSync / BalanceIn sent twice on one connection: same answer, applied once."""
     client = await gw.client()
-    await add_user(client, LOGIN)
+    await gw.add_user(client, LOGIN)
     first = await ok(client, "CreditInSync", CREDIT, "same-conn-1")
     again = await ok(client, "CreditInSync", CREDIT, "same-conn-1")
     assert again == first
@@ -85,7 +63,7 @@ async def test_retry_on_same_connection_answers_the_same_record(gw: Harness) -> 
 async def test_retry_on_another_connection_with_same_subject(gw: Harness) -> None:
     """A retry on a second connection whose token has the same `sub` gets the same record."""
     first_conn = await gw.client(login=7)
-    await add_user(first_conn, LOGIN)
+    await gw.add_user(first_conn, LOGIN)
     first = await ok(first_conn, "CreditInSync", CREDIT, "cross-1")
     second_conn = await gw.client(login=7, role=SessionType.DEALER)
     assert await ok(second_conn, "CreditInSync", CREDIT, "cross-1") == first
@@ -98,7 +76,7 @@ async def test_retry_on_another_connection_with_same_subject(gw: Harness) -> Non
 async def test_another_subject_with_same_ext_id_is_a_separate_operation(gw: Harness) -> None:
     """Keys are per token subject: another `sub` reusing the extID applies a new operation."""
     first_conn = await gw.client(login=7)
-    await add_user(first_conn, LOGIN)
+    await gw.add_user(first_conn, LOGIN)
     first = await ok(first_conn, "CreditInSync", CREDIT, "shared-1")
     other_conn = await gw.client(login=8)
     other = await ok(other_conn, "CreditInSync", CREDIT, "shared-1")
@@ -116,8 +94,8 @@ async def test_in_flight_duplicates_in_one_batch_share_one_outcome(
     """Duplicates queued behind a stalled commit: both answered with one order, applied once."""
     gw = await make_gateway(gated=True)
     first_conn, second_conn, probe = await gw.client(), await gw.client(), await gw.client()
-    await add_user(probe, LOGIN)
-    await add_user(probe, LOGIN + 1)
+    await gw.add_user(probe, LOGIN)
+    await gw.add_user(probe, LOGIN + 1)
     waiters = gw.gateway.waiters
 
     ledger(gw).hold()
@@ -147,7 +125,7 @@ async def test_duplicate_sent_while_the_first_is_committing(make_gateway: Gatewa
     """A duplicate arriving while the first one's commit is stalled waits for the same outcome."""
     gw = await make_gateway(gated=True)
     first_conn, second_conn, probe = await gw.client(), await gw.client(), await gw.client()
-    await add_user(probe, LOGIN)
+    await gw.add_user(probe, LOGIN)
     waiters = gw.gateway.waiters
 
     ledger(gw).hold()
@@ -171,7 +149,7 @@ async def test_duplicate_sent_while_the_first_is_committing(make_gateway: Gatewa
 async def test_same_ext_id_with_other_data_or_command_is_a_mismatch(gw: Harness) -> None:
     """The same key with a different payload or command is 422 IDEMPOTENCY_MISMATCH."""
     client = await gw.client()
-    await add_user(client, LOGIN)
+    await gw.add_user(client, LOGIN)
     first = await ok(client, "CreditInSync", CREDIT, "mismatch-1")
     variants: list[tuple[str, dict[str, Any]]] = [
         ("CreditInSync", {**CREDIT, "amount": 125.51}),
@@ -196,7 +174,7 @@ async def test_same_ext_id_with_other_data_or_command_is_a_mismatch(gw: Harness)
 async def test_refused_request_leaves_no_key(gw: Harness) -> None:
     """NOT_ENOUGH_MONEY or INVALID_DATA leave no key: the retry is judged afresh."""
     client = await gw.client()
-    await add_user(client, LOGIN)
+    await gw.add_user(client, LOGIN)
     withdrawal = {"login": LOGIN, "amount": -100.0}
     refused = await call(client, "BalanceOutSync", withdrawal, "refused-1")
     assert (refused["status"], refused["error"]) == (400, "NOT_ENOUGH_MONEY")
@@ -232,7 +210,7 @@ async def test_keys_survive_a_restart(make_gateway: GatewayFactory) -> None:
     """After shutdown and restart on the same data dir, retries answer the first outcomes."""
     first_gw = await make_gateway()
     client = await first_gw.client()
-    await add_user(client, LOGIN)
+    await first_gw.add_user(client, LOGIN)
     sync_record = await ok(client, "CreditInSync", CREDIT, "restart-1")
     ack = await ok(client, "BalanceIn", {"login": LOGIN, "amount": 70.0}, "restart-2")
     user = await ok(client, "AddUser", DEMO_USER, "restart-3")
@@ -260,7 +238,7 @@ async def test_sync_retry_after_timeout_gets_the_completed_record(
     """A Sync request answered 504, retried after the commit, gets the completed record."""
     gw = await make_gateway(sync_timeout_ms=300, gated=True)
     client, probe = await gw.client(), await gw.client()
-    await add_user(probe, LOGIN)
+    await gw.add_user(probe, LOGIN)
     ledger(gw).hold()
     timed_out = await call(client, "CreditInSync", CREDIT, "late-1")
     assert (timed_out["status"], timed_out["error"]) == (504, "SYNC_TIMEOUT")
@@ -283,7 +261,7 @@ async def test_key_expires_after_ttl(make_gateway: GatewayFactory) -> None:
     gw = await make_gateway(idempotency_ttl_s=60, clock=clock)
     token = gw.gateway.tokens.issue("1", SessionType.MANAGER, ["*"], int(clock.wall()) + 10**6)
     client = await gw.client(token=token)
-    await add_user(client, LOGIN)
+    await gw.add_user(client, LOGIN)
     first = await ok(client, "CreditInSync", CREDIT, "ttl-1")
     clock.advance(59)
     assert await ok(client, "CreditInSync", CREDIT, "ttl-1") == first

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 from typing import Any
 
 import orjson
@@ -11,16 +10,6 @@ import pytest
 
 from ..conftest import Client, GatewayFactory, Harness
 from ..fakes import GatedLedger
-
-_client_ids = itertools.count(1)
-
-
-async def connect(h: Harness) -> Client:
-    """A manager client with extIDs unique within the test (they key idempotency)."""
-    client = await h.client()
-    prefix, counter = f"l{next(_client_ids)}", itertools.count(1)
-    client.next_ext_id = lambda: f"{prefix}-{next(counter)}"  # type: ignore[method-assign]
-    return client
 
 
 def health_frame(ext_id: str, size: int | None = None) -> bytes:
@@ -48,15 +37,15 @@ async def test_frame_too_large_is_413_and_closes(
 ) -> None:
     """A frame over max_frame_bytes, finished or not, gets 413 then the connection closes."""
     h = await make_gateway(max_frame_bytes=4096)
-    bystander = await connect(h)
+    bystander = await h.client()
     assert (await bystander.ok("GetGroups"))["count"] == 1
-    client = await connect(h)
+    client = await h.client()
     assert (await client.ok("GetGroups"))["count"] == 1
     big = health_frame("big", 5000)
     client.send_raw(big + b"\r\n" if terminated else big)
     await closed_with_413(client)
     assert (await bystander.ok("GetGroups"))["count"] == 1
-    late = await connect(h)
+    late = await h.client()
     assert (await late.ok("HealthCheck"))["status"] == "ok"
 
 
@@ -64,7 +53,7 @@ async def test_frames_before_an_oversized_one_are_answered(make_gateway: Gateway
     """A read and a deposit sent in the same write as an oversized frame are handled first; the
     deposit is applied though the connection closes before it could be answered."""
     h = await make_gateway(max_frame_bytes=4096)
-    client, other = await connect(h), await connect(h)
+    client, other = await h.client(), await h.client()
     await h.add_user(client, 1001)
     assert (await other.ok("GetGroups"))["count"] == 1  # binds its token: it hears events
     read = client.expect("read-1")
@@ -90,7 +79,7 @@ async def test_frames_before_an_oversized_one_are_answered(make_gateway: Gateway
 async def test_frame_limit_edge(make_gateway: GatewayFactory) -> None:
     """A frame of exactly max_frame_bytes is served; one byte more is 413."""
     h = await make_gateway(max_frame_bytes=4096)
-    client = await connect(h)
+    client = await h.client()
     future = client.expect("edge")
     client.send_raw(health_frame("edge", 4096) + b"\r\n")
     assert (await asyncio.wait_for(future, 5))["status"] == 200
@@ -104,7 +93,7 @@ async def test_frame_limit_edge(make_gateway: GatewayFactory) -> None:
 async def test_frame_split_into_pieces_is_reassembled(make_gateway: GatewayFactory) -> None:
     """A frame near the limit arriving in small pieces is one request, answered once."""
     h = await make_gateway(max_frame_bytes=4096)
-    client = await connect(h)
+    client = await h.client()
     frame = health_frame("pieces", 4000) + b"\r\n"
     future = client.expect("pieces")
     for start in range(0, len(frame), 97):
@@ -120,8 +109,8 @@ async def test_max_inflight_answers_429_at_once(make_gateway: GatewayFactory) ->
     h = await make_gateway(max_inflight=4, sync_timeout_ms=30_000, gated=True)
     storage = h.gateway.storage
     assert isinstance(storage, GatedLedger)
-    client = await connect(h)
-    other = await connect(h)
+    client = await h.client()
+    other = await h.client()
     await h.add_user(client, 1001)
     storage.hold()
     pending = [client.send("BalanceInSync", {"login": 1001, "amount": 1}) for _ in range(4)]
@@ -155,7 +144,7 @@ async def pipeline_health_checks(client: Client, count: int) -> list[dict[str, A
 async def test_twenty_thousand_pipelined_frames(gw: Harness) -> None:
     """20,000 HealthChecks pipelined in one write are all answered 200 under their own extIDs,
     at default settings: reads are answered as they are read and never count as pending."""
-    client = await connect(gw)
+    client = await gw.client()
     answers = await pipeline_health_checks(client, 20_000)
     assert [answer["status"] for answer in answers] == [200] * 20_000
     assert (await client.ok("GetGroups"))["count"] == 1
@@ -165,7 +154,7 @@ async def test_pipelined_writes_beyond_the_inflight_limit(make_gateway: GatewayF
     """Pipelined deposits past max_inflight each get exactly one answer, 200 or 429, and exactly
     the ones answered 200 moved money."""
     h = await make_gateway(max_inflight=64)
-    client = await connect(h)
+    client = await h.client()
     await h.add_user(client, 1001)
     ext_ids = [f"dep-{index}" for index in range(2_000)]
     futures = [client.expect(ext_id) for ext_id in ext_ids]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from typing import Any
 
@@ -47,23 +46,9 @@ PERMISSIONS: dict[str, set[SessionType]] = {
     "HealthCheck": EVERYONE,
 }
 
-_client_ids = itertools.count(1)
-
-
-def unique_ids(client: Client) -> Client:
-    """Give `client` extIDs unique among all clients of the test (they key idempotency)."""
-    prefix, counter = f"s{next(_client_ids)}", itertools.count(1)
-    client.next_ext_id = lambda: f"{prefix}-{next(counter)}"  # type: ignore[method-assign]
-    return client
-
-
-async def connect(h: Harness, token: str | None = None, **token_kw: Any) -> Client:
-    return unique_ids(await h.client(token, **token_kw))
-
-
 async def bare(h: Harness, token: str | None = None) -> Client:
     """A client that sends no token unless told to."""
-    client = unique_ids(await Client.connect(h.port, token))
+    client = await Client.connect(h.port, token)
     h.clients.append(client)
     return client
 
@@ -139,19 +124,20 @@ async def test_expired_token_is_401(gw: Harness) -> None:
     assert await status(client, "GetGroups", {}, token=expired_one) == (401, "INVALID_TOKEN")
 
 
-async def test_bound_token_expiry_is_checked_on_every_use(make_gateway: GatewayFactory) -> None:
+async def test_bound_token_expiry_is_checked_on_every_use(
+    make_gateway: GatewayFactory, frozen_clock: FakeClock
+) -> None:
     """Once the bound token expires, requests without a fresh token get 401."""
-    clock = FakeClock(wall=float(int(time.time())))
-    h = await make_gateway(clock=clock)
-    token = h.gateway.tokens.issue("1", MANAGER, ["*"], int(clock.wall()) + 60)
+    h = await make_gateway(clock=frozen_clock)
+    token = h.gateway.tokens.issue("1", MANAGER, ["*"], int(frozen_clock.wall()) + 60)
     client = await bare(h)
     assert (await client.ok("GetGroups", {}, token=token))["count"] == 1
-    clock.advance(59)
+    frozen_clock.advance(59)
     assert (await client.ok("GetGroups", {}))["count"] == 1
-    clock.advance(1)
+    frozen_clock.advance(1)
     assert await status(client, "GetGroups", {}) == (401, "INVALID_TOKEN")
     assert await status(client, "GetGroups", {}, token=token) == (401, "INVALID_TOKEN")
-    fresh = h.gateway.tokens.issue("1", MANAGER, ["*"], int(clock.wall()) + 60)
+    fresh = h.gateway.tokens.issue("1", MANAGER, ["*"], int(frozen_clock.wall()) + 60)
     assert (await client.ok("GetGroups", {}, token=fresh))["count"] == 1
     assert (await client.ok("GetGroups", {}))["count"] == 1
 
@@ -169,16 +155,16 @@ async def test_consecutive_auth_failures_close_the_connection(make_gateway: Gate
     assert not client.closed.is_set()
     assert await status(client, "GetGroups", {}, token="bad") == (401, "INVALID_TOKEN")
     await asyncio.wait_for(client.closed.wait(), 5)
-    other = await connect(h)
+    other = await h.client()
     assert (await other.ok("GetGroups"))["count"] == 1
 
 
 @pytest.mark.parametrize("kind", [SessionType.SYSTEM, SessionType.FIX], ids=lambda kind: kind.name)
 async def test_system_and_fix_tokens_are_refused(gw: Harness, kind: SessionType) -> None:
     """Session types 4 and 5 get 403 PERMISSION_DENIED on every command but HealthCheck."""
-    admin = await connect(gw, role=ADMIN)
+    admin = await gw.client(role=ADMIN)
     await gw.add_user(admin, 1001)
-    client = await connect(gw, role=kind, login=1001)
+    client = await gw.client(role=kind, login=1001)
     data = valid_data(1001, {name: 1 for name in ("b1", "b2", "c1", "c2", "keep")})
     for command in sorted(ALL_COMMANDS - {"HealthCheck"}):
         assert await status(client, command, data[command]) == (403, "PERMISSION_DENIED"), command
@@ -189,17 +175,17 @@ async def test_system_and_fix_tokens_are_refused(gw: Harness, kind: SessionType)
 async def test_client_supplied_access_is_ignored(make_gateway: GatewayFactory) -> None:
     """An `__access` object inside `data` grants nothing: the token alone decides."""
     h = await make_gateway(groups=TWO_GROUPS)
-    admin = await connect(h, role=ADMIN)
+    admin = await h.client(role=ADMIN)
     await h.add_user(admin, 1001)
     forged = {"__access": {"login": "root", "type": 3, "groups": ["*"]}}
-    user = await connect(h, role=USER, login=1001)
+    user = await h.client(role=USER, login=1001)
     assert await status(user, "BalanceIn", {"login": 1001, "amount": 5, **forged}) == (
         403, "PERMISSION_DENIED"
     )
     assert await status(user, "GetAccountByLogin", {"login": 1001, **forged}) == (
         403, "PERMISSION_DENIED"
     )
-    masked = await connect(h, role=MANAGER, groups=["vip*"])
+    masked = await h.client(role=MANAGER, groups=["vip*"])
     assert await status(masked, "GetAccountByLogin", {"login": 1001, **forged}) == (
         403, "PERMISSION_DENIED"
     )
@@ -253,7 +239,7 @@ def test_permission_table_names_every_command() -> None:
 @pytest.mark.parametrize("role", [USER, MANAGER, DEALER, ADMIN], ids=lambda role: role.name)
 async def test_permission_table(gw: Harness, role: SessionType) -> None:
     """Each command is 403 exactly where section 3 has "-" for the session type, else 200."""
-    admin = await connect(gw, role=ADMIN, login="admin")
+    admin = await gw.client(role=ADMIN, login="admin")
     await gw.add_user(admin, 1001)
     await admin.ok("BalanceInSync", {"login": 1001, "amount": 1000})
     await admin.ok("CreditInSync", {"login": 1001, "amount": 1000, "comment": "seed"})
@@ -264,7 +250,7 @@ async def test_permission_table(gw: Harness, role: SessionType) -> None:
         ack = await admin.ok("CreditIn", {"login": 1001, "amount": 1, "comment": "c"})
         orders[name] = ack["order"]
     before = await admin.ok("GetAccountByLogin", {"login": 1001})
-    client = await connect(gw, role=role, login=1001)
+    client = await gw.client(role=role, login=1001)
     data = valid_data(1001, orders)
     for command, allowed in PERMISSIONS.items():
         answer = await client.request(command, data[command])
@@ -282,22 +268,22 @@ async def test_permission_table(gw: Harness, role: SessionType) -> None:
 
 async def test_user_reads_only_its_own_trades(gw: Harness) -> None:
     """A USER session (sub = its login) may GetTradeByOrder only records of its own login."""
-    admin = await connect(gw, role=ADMIN)
+    admin = await gw.client(role=ADMIN)
     await gw.add_user(admin, 1001)
     await gw.add_user(admin, 1002)
     own = await admin.ok("BalanceIn", {"login": 1001, "amount": 5})
     foreign = await admin.ok("BalanceIn", {"login": 1002, "amount": 5})
-    user = await connect(gw, role=USER, login=1001)
+    user = await gw.client(role=USER, login=1001)
     assert (await user.ok("GetTradeByOrder", {"order": own["order"]}))["login"] == 1001
     assert await status(user, "GetTradeByOrder", {"order": foreign["order"]}) == (
         403, "PERMISSION_DENIED"
     )
     assert await status(user, "GetAccountByLogin", {"login": 1001}) == (403, "PERMISSION_DENIED")
-    other = await connect(gw, role=USER, login=1002)
+    other = await gw.client(role=USER, login=1002)
     assert await status(other, "GetTradeByOrder", {"order": own["order"]}) == (
         403, "PERMISSION_DENIED"
     )
-    named = await connect(gw, role=USER, login="alice")
+    named = await gw.client(role=USER, login="alice")
     assert await status(named, "GetTradeByOrder", {"order": own["order"]}) == (
         403, "PERMISSION_DENIED"
     )
@@ -308,7 +294,7 @@ async def test_user_reads_only_its_own_trades(gw: Harness) -> None:
 
 async def two_group_world(h: Harness) -> tuple[Client, dict[str, int]]:
     """Accounts 1001 (demo) and 2001 (vip-eur) with one balance record each."""
-    admin = await connect(h, role=ADMIN, login="admin")
+    admin = await h.client(role=ADMIN, login="admin")
     await h.add_user(admin, 1001)
     await h.add_user(admin, 2001, group="vip-eur")
     orders = {}
@@ -329,7 +315,7 @@ async def test_group_masks_limit_manager_and_dealer(
     h = await make_gateway(groups=TWO_GROUPS)
     admin, orders = await two_group_world(h)
     before = await admin.ok("GetAccountByLogin", {"login": 1001})
-    masked = await connect(h, role=role, groups=["vip*"])
+    masked = await h.client(role=role, groups=["vip*"])
     for command in ("BalanceIn", "CreditIn", "BalanceOut", "CreditOut"):
         for suffix in ("", "Sync"):
             amount = -1 if "Out" in command else 1
@@ -378,7 +364,7 @@ async def test_admin_sees_every_group(make_gateway: GatewayFactory) -> None:
     """ADMIN sees and touches every group whatever masks its token carries."""
     h = await make_gateway(groups=TWO_GROUPS)
     _, orders = await two_group_world(h)
-    admin = await connect(h, role=ADMIN, groups=["vip*"])
+    admin = await h.client(role=ADMIN, groups=["vip*"])
     groups = await admin.ok("GetGroups")
     assert sorted(row["group"] for row in groups["rows"]) == ["demo", "vip-eur"]
     assert groups["count"] == 2
@@ -401,7 +387,7 @@ async def test_exact_mask_and_star_masks(make_gateway: GatewayFactory) -> None:
         (["demo"], ["demo"]), (["vip"], []), (["*eur"], ["vip-eur"]), (["*"], ["demo", "vip-eur"]),
         (["de*", "vip-eur"], ["demo", "vip-eur"]), (["v*p*"], ["vip-eur"]),
     ):
-        client = await connect(h, role=DEALER, groups=masks)
+        client = await h.client(role=DEALER, groups=masks)
         groups = await client.ok("GetGroups")
         assert sorted(row["group"] for row in groups["rows"]) == visible, masks
         assert groups["count"] == len(visible)

@@ -4,32 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 from manager_gateway.runtime.verify import verify_ledger
 
-from ..conftest import DEMO_USER, Client, GatewayFactory, Harness
-from ..fakes import FakeClock, GatedLedger
+from ..conftest import DEMO_USER, Client, GatewayFactory, ledger, wait_until
+from ..fakes import FakeClock
 
 LOGIN = 6001
-POLL_ROUNDS = 500  # each round is a real request round trip, not a sleep
 CREDIT = {"login": LOGIN, "amount": 300.0, "comment": "Promotion credit"}
-
-
-async def wait_until(probe: Client, condition: Callable[[], bool]) -> None:
-    """Poll with HealthCheck round trips until `condition()` holds (bounded)."""
-    for _ in range(POLL_ROUNDS):
-        if condition():
-            return
-        await probe.ok("HealthCheck")
-    assert condition(), "condition not reached within the polling bound"
-
-
-def ledger(gw: Harness) -> GatedLedger:
-    storage = gw.gateway.storage
-    assert isinstance(storage, GatedLedger)
-    return storage
 
 
 async def setup_account(client: Client, balance: float = 0.0) -> None:

@@ -9,7 +9,6 @@ from manager_gateway.session.access import Access, SessionType, compile_masks
 from manager_gateway.session.session import BALANCE_EVENT, TRADE_EVENT, Session
 from manager_gateway.session.tokens import TokenService
 
-SECRET = b"0123456789abcdef0123456789abcdef-test-secret"
 NOW = 1_800_000_000.0
 EXP = int(NOW) + 100
 
@@ -156,12 +155,6 @@ def test_mask_cache_is_per_access() -> None:
 
 
 # -- session binding -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def tokens() -> TokenService:
-    """A token service with a fixed test secret."""
-    return TokenService(SECRET)
 
 
 def issue(tokens: TokenService, session_type: SessionType = SessionType.MANAGER,

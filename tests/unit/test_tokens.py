@@ -17,7 +17,8 @@ from manager_gateway.protocol.errors import InvalidToken
 from manager_gateway.session.access import SessionType
 from manager_gateway.session.tokens import SECRET_FILE, TokenService, load_or_create_secret
 
-SECRET = b"0123456789abcdef0123456789abcdef-test-secret"
+from .conftest import SECRET
+
 NOW = 1_800_000_000.0
 LATER = int(NOW) + 3600
 
@@ -39,12 +40,6 @@ def good_claims(**changes: Any) -> dict[str, Any]:
     claims: dict[str, Any] = {"sub": "42", "type": 1, "groups": ["demo*"], "exp": LATER}
     claims.update(changes)
     return claims
-
-
-@pytest.fixture
-def tokens() -> TokenService:
-    """A token service with a fixed test secret."""
-    return TokenService(SECRET)
 
 
 def test_issue_verify_round_trip(tokens: TokenService) -> None:
