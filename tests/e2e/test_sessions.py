@@ -14,37 +14,17 @@ from manager_gateway.session.access import SessionType
 
 from ..conftest import DEMO_USER, Client, GatewayFactory, Harness
 from ..fakes import FakeClock
+from ..protocol_tables import PROTOCOL_ROLES
 
 USER, MANAGER, DEALER, ADMIN = (
     SessionType.USER, SessionType.MANAGER, SessionType.DEALER, SessionType.ADMIN
 )
-STAFF = {MANAGER, DEALER, ADMIN}
-EVERYONE = {USER, *STAFF}
 SECRET = "test-secret-" + "x" * 40
 TWO_GROUPS = [
     {"name": "demo", "currency": "USD", "digits": 2},
     {"name": "vip-eur", "currency": "EUR", "digits": 2},
 ]
 
-#: PROTOCOL.md section 3: who may run what ("-" is every type left out).
-PERMISSIONS: dict[str, set[SessionType]] = {
-    **{name: STAFF for name in (
-        "BalanceIn", "BalanceOut", "CreditIn", "CreditOut",
-        "BalanceInSync", "BalanceOutSync", "CreditInSync", "CreditOutSync",
-        "DeleteBalance", "DeleteCredit", "DeleteBalanceSync", "DeleteCreditSync",
-    )},
-    "AddUser": {MANAGER, ADMIN},
-    "GetAccountByLogin": STAFF,
-    "GetUserBalanceList": STAFF,
-    "MngGetTradesByFilter": STAFF,
-    "GetGroups": STAFF,
-    "GetTradeByOrder": EVERYONE,
-    "Subscribe": EVERYONE,
-    "Unsubscribe": EVERYONE,
-    "SubscribeAll": EVERYONE,
-    "UnsubscribeAll": EVERYONE,
-    "HealthCheck": EVERYONE,
-}
 
 async def bare(h: Harness, token: str | None = None) -> Client:
     """A client that sends no token unless told to."""
@@ -233,7 +213,7 @@ def valid_data(login: int, orders: dict[str, int]) -> dict[str, dict[str, Any]]:
 
 def test_permission_table_names_every_command() -> None:
     """The table below covers exactly the commands the gateway serves."""
-    assert set(PERMISSIONS) == set(ALL_COMMANDS)
+    assert set(PROTOCOL_ROLES) == set(ALL_COMMANDS)
 
 
 @pytest.mark.parametrize("role", [USER, MANAGER, DEALER, ADMIN], ids=lambda role: role.name)
@@ -252,7 +232,7 @@ async def test_permission_table(gw: Harness, role: SessionType) -> None:
     before = await admin.ok("GetAccountByLogin", {"login": 1001})
     client = await gw.client(role=role, login=1001)
     data = valid_data(1001, orders)
-    for command, allowed in PERMISSIONS.items():
+    for command, allowed in PROTOCOL_ROLES.items():
         answer = await client.request(command, data[command])
         if role in allowed:
             assert answer["status"] == 200, (command, answer)
