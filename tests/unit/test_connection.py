@@ -472,3 +472,88 @@ async def test_connection_lost_drops_pending_sync(make_rig: RigFactory, tmp_path
     account = rig.gateway.runtime.account(1001)
     assert account is not None
     assert account.balance == Decimal("100.00")
+
+
+# -- outbound back-pressure ---------------------------------------------------------------
+
+
+class StalledPeerTransport(FakeTransport):
+    """A peer that reads nothing until told to: every written byte stays buffered."""
+
+    def __init__(self, protocol: Connection) -> None:
+        super().__init__(protocol)
+        self.buffered = 0
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.buffered += len(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+def stalled_connection(rig: Rig) -> tuple[Connection, StalledPeerTransport]:
+    conn = Connection(rig.gateway)
+    transport = StalledPeerTransport(conn)
+    rig.transports.append(transport)
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    return conn, transport
+
+
+async def test_one_answer_bigger_than_the_limit_is_not_a_slow_consumer(
+    make_rig: RigFactory,
+) -> None:
+    """A single frame larger than max_outbound_bytes (a big filter page) is written and the
+    connection kept: the limit is for peers that stop reading, not for big answers."""
+    rig = await make_rig(max_outbound_bytes=64 * 1024)
+    conn, transport = stalled_connection(rig)
+    conn.send(b"x" * (200 * 1024) + b"\r\n")
+    await turns()
+    assert transport.buffered > 3 * 64 * 1024
+    assert not transport.closing and rig.gateway.slow_consumer_disconnects == 0
+
+
+async def test_stalled_peer_is_closed_past_the_limit(make_rig: RigFactory) -> None:
+    """Frames queued for a peer that reads nothing close it once what is buffered passes
+    max_outbound_bytes beyond its largest frame; nothing more is written after that."""
+    rig = await make_rig(max_outbound_bytes=64 * 1024)
+    conn, transport = stalled_connection(rig)
+    event = b"e" * 1000 + b"\r\n"
+    sent = 0
+    while not transport.closing:
+        conn.send(event)
+        await turns(1)
+        sent += 1
+        assert sent <= 70, "still open after well over max_outbound_bytes"
+    assert transport.aborted and rig.gateway.slow_consumer_disconnects == 1
+    assert 64 * 1024 < transport.buffered <= 64 * 1024 + 2 * len(event)
+
+
+async def test_big_answer_then_stall_is_bounded(make_rig: RigFactory) -> None:
+    """After a big answer the peer stops reading: events beyond the limit still close it, so
+    memory stays within max_outbound_bytes plus that one answer."""
+    rig = await make_rig(max_outbound_bytes=64 * 1024)
+    conn, transport = stalled_connection(rig)
+    big = b"x" * (200 * 1024) + b"\r\n"
+    conn.send(big)
+    await turns(1)
+    while not transport.closing:
+        conn.send(b"e" * 1000 + b"\r\n")
+        await turns(1)
+        assert transport.buffered <= len(big) + 64 * 1024 + 2000
+    assert rig.gateway.slow_consumer_disconnects == 1
+
+
+async def test_reading_peer_resets_the_allowance(make_rig: RigFactory) -> None:
+    """Once the peer has read everything, the big answer no longer counts: a stall after that
+    is held to max_outbound_bytes alone."""
+    rig = await make_rig(max_outbound_bytes=64 * 1024)
+    conn, transport = stalled_connection(rig)
+    conn.send(b"x" * (200 * 1024) + b"\r\n")
+    await turns(1)
+    transport.buffered = 0  # the peer read it all
+    while not transport.closing:
+        conn.send(b"e" * 1000 + b"\r\n")
+        await turns(1)
+        assert transport.buffered <= 64 * 1024 + 2000
+    assert rig.gateway.slow_consumer_disconnects == 1

@@ -49,6 +49,7 @@ class Connection(asyncio.Protocol):
         self.log = log
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._largest_pending_frame = 0
         self._closed = False
         self._auth_timer: Cancellable | None = None
         self._frame_timer: Cancellable | None = None
@@ -231,14 +232,20 @@ class Connection(asyncio.Protocol):
         if not self._out or self.transport is None or self.transport.is_closing():
             self._out.clear()
             return
+        transport = self.transport
+        # A single frame may legitimately be bigger than the limit (a 50,000-row filter page),
+        # so the limit counts what is buffered beyond the largest frame still pending. That
+        # allowance lasts until the peer has read everything.
+        if transport.get_write_buffer_size() == 0:
+            self._largest_pending_frame = 0
+        self._largest_pending_frame = max(self._largest_pending_frame, *map(len, self._out))
         data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
         self._out.clear()
-        self.transport.write(data)
-        if self.transport.get_write_buffer_size() > self.settings.max_outbound_bytes:
+        transport.write(data)
+        buffered = transport.get_write_buffer_size()
+        if buffered > self.settings.max_outbound_bytes + self._largest_pending_frame:
             # The peer stopped reading; holding more would let it exhaust our memory.
-            self.log.warning(
-                "slow_consumer_closed", buffered=self.transport.get_write_buffer_size()
-            )
+            self.log.warning("slow_consumer_closed", buffered=buffered)
             self.gateway.slow_consumer_disconnects += 1
             self._closed = True
-            self.transport.abort()
+            transport.abort()
