@@ -98,6 +98,7 @@ class MainLoop:
 
     @property
     def queue_depth(self) -> int:
+        """Operations submitted and not yet taken into a batch."""
         return self._queue.qsize()
 
     # -- the loop ----------------------------------------------------------------------------

@@ -36,9 +36,6 @@ class Batch:
     next_order: int = 1
     next_login: int = 1
 
-    def is_empty(self) -> bool:
-        return not (self.accounts or self.records or self.keys or self.expired_keys)
-
 
 @dataclass(slots=True)
 class Snapshot:

@@ -22,7 +22,6 @@ class EventHub:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self.connections: set[Connection] = set()
-        self.events_pushed = 0
 
     def trade_event(self, event_type: int, account: Account, data_json: bytes) -> None:
         frame = encode_event(TRADE_EVENT, event_type, data_json)
@@ -41,4 +40,3 @@ class EventHub:
                 login, group
             ):
                 connection.send(frame)
-                self.events_pushed += 1

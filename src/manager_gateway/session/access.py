@@ -60,7 +60,3 @@ class Access:
         if self.type is SessionType.USER:
             return login == self.own_login
         return self.sees_group(group)
-
-    def to_wire(self) -> dict[str, object]:
-        """The `__access` object handlers and logs see (never taken from the client)."""
-        return {"login": self.subject, "type": int(self.type), "groups": list(self.groups)}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 
 # scrypt cost: n=2**14, r=8 takes tens of milliseconds and 16 MiB, the usual interactive setting.
@@ -15,12 +14,3 @@ def hash_password(password: str) -> str:
     digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P)
     return f"scrypt${_N}${_R}${_P}${salt.hex()}${digest.hex()}"
 
-
-def check_password(password: str, stored: str) -> bool:
-    scheme, n, r, p, salt, digest = stored.split("$")
-    if scheme != "scrypt":
-        return False
-    candidate = hashlib.scrypt(
-        password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p)
-    )
-    return hmac.compare_digest(candidate, bytes.fromhex(digest))
