@@ -118,18 +118,23 @@ async def test_ledger_verify_passes_on_a_consistent_ledger(
     assert lines == ["accounts=2 orders=3 next_order=4 idempotency_keys=6", "ledger consistent"]
 
 
+def tamper(data_dir: Path, sql: str) -> None:
+    """Change the ledger behind the gateway's back."""
+    db = sqlite3.connect(data_dir / LEDGER_FILE)
+    try:
+        with db:
+            db.execute(sql)
+    finally:
+        db.close()
+
+
 async def test_ledger_verify_reports_a_tampered_balance(
     tmp_path: Path, make_gateway: GatewayFactory
 ) -> None:
     """A balance edited behind the gateway's back: non-zero exit and a MISMATCH line."""
     data_dir = tmp_path / "data"
     await make_ledger(make_gateway, data_dir)
-    db = sqlite3.connect(data_dir / LEDGER_FILE)
-    try:
-        with db:
-            db.execute("UPDATE accounts SET balance = '1000.00' WHERE login = 8001")
-    finally:
-        db.close()
+    tamper(data_dir, "UPDATE accounts SET balance = '1000.00' WHERE login = 8001")
     done = cli("ledger", "verify", "--data-dir", data_dir, cwd=tmp_path)
     assert done.returncode == 1
     mismatches = [line for line in done.stdout.splitlines() if line.startswith("MISMATCH")]
@@ -143,12 +148,7 @@ async def test_ledger_verify_reports_a_deleted_record_version(
     """Removing the deleting version of a record breaks the credit sum: reported, non-zero."""
     data_dir = tmp_path / "data"
     await make_ledger(make_gateway, data_dir)
-    db = sqlite3.connect(data_dir / LEDGER_FILE)
-    try:
-        with db:
-            db.execute("DELETE FROM records WHERE login = 8002 AND version = 2")
-    finally:
-        db.close()
+    tamper(data_dir, "DELETE FROM records WHERE login = 8002 AND version = 2")
     done = cli("ledger", "verify", "--data-dir", data_dir, cwd=tmp_path)
     assert done.returncode == 1
     mismatches = [line for line in done.stdout.splitlines() if line.startswith("MISMATCH")]
