@@ -16,8 +16,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from .records import Account, FinanceRecord
 from .storage import Batch, IdempotencyKey, Snapshot, StorageError
 
@@ -141,7 +139,7 @@ class SQLiteLedger:
             record = _record(row)
             records[record.order] = record
         keys = [
-            IdempotencyKey(s, e, c, d, orjson.loads(o), t)
+            IdempotencyKey(s, e, c, d, o.encode(), t)
             for s, e, c, d, o, t in db.execute(
                 "SELECT subject, ext_id, command, digest, outcome, created_at FROM idempotency"
                 " ORDER BY created_at"
@@ -178,7 +176,7 @@ class SQLiteLedger:
                         "INSERT OR REPLACE INTO idempotency VALUES (?,?,?,?,?,?)",
                         [
                             (k.subject, k.ext_id, k.command, k.digest,
-                             orjson.dumps(k.outcome).decode(), k.created_at)
+                             k.outcome_json.decode(), k.created_at)
                             for k in batch.keys
                         ],
                     )

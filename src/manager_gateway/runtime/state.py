@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from .records import Account, FinanceRecord
 from .storage import Batch, Snapshot
 
@@ -21,7 +23,7 @@ class KeyEntry:
 
     command: str
     digest: str
-    outcome: dict[str, Any]
+    outcome_json: bytes
     created_at: float
     order: int | None
     event_type: int | None
@@ -42,8 +44,8 @@ class State:
             self.orders_by_login.setdefault(record.login, []).append(order)
         self.keys: dict[tuple[str, str], KeyEntry] = {
             (k.subject, k.ext_id): KeyEntry(
-                k.command, k.digest, k.outcome, k.created_at, k.outcome.get("order"),
-                None, committed=True,
+                k.command, k.digest, k.outcome_json, k.created_at,
+                orjson.loads(k.outcome_json).get("order"), None, committed=True,
             )
             for k in snapshot.keys
         }

@@ -8,7 +8,7 @@ implementation only has to satisfy `Storage`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from .records import Account, FinanceRecord
 
@@ -21,7 +21,7 @@ class IdempotencyKey:
     ext_id: str
     command: str
     digest: str
-    outcome: dict[str, Any]
+    outcome_json: bytes  # encoded once: compact in memory, written to the ledger as it is
     created_at: float
 
 
