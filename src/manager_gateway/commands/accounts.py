@@ -16,7 +16,8 @@ async def add_user(ctx: RequestContext, data: AddUserData) -> dict[str, Any]:
     # Hashing is slow by design; it runs off the event loop so other sessions are not stalled.
     password_hash = await asyncio.to_thread(hash_password, data.password)
     outcome = await ctx.run(ctx.operation(OpKind.ADD_USER, data, password_hash=password_hash))
-    return outcome["user"]  # type: ignore[no-any-return]
+    user: dict[str, Any] = outcome["user"]
+    return user
 
 
 def get_account_by_login(ctx: RequestContext, data: LoginData) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -262,5 +262,5 @@ class MainLoop:
 
     def find_records(
         self, match: Callable[[FinanceRecord], bool], login: int | None
-    ) -> Any:
+    ) -> Iterator[FinanceRecord]:
         return self.state.find_records(match, login)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import orjson
 
 from .records import Account, FinanceRecord
 from .storage import Batch, Snapshot
+
+if TYPE_CHECKING:
+    from .operations import Operation
 
 
 @dataclass(slots=True)
@@ -28,7 +31,7 @@ class KeyEntry:
     order: int | None
     event_type: int | None
     committed: bool
-    followers: list[Any] = field(default_factory=list)
+    followers: list[Operation] = field(default_factory=list)
 
 
 class State:
