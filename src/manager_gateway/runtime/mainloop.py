@@ -152,7 +152,8 @@ class MainLoop:
         self.state.apply(tx)
         for op, effect in applied:
             self._announce(op, effect)
-        log.debug(
+        # One line per batch, not per request: batches grow with load, so this stays cheap.
+        log.info(
             "batch_committed",
             operations=len(ops),
             applied=len(applied),
