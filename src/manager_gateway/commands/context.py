@@ -74,6 +74,11 @@ class RequestContext:
         if self.after is not None and not self.after.done():
             await self.after
         self.services.runtime.submit(op)
+        self.release_turn()
+
+    def release_turn(self) -> None:
+        """Let the next state-changing request on this connection submit (idempotent): called
+        once this one is submitted, or refused, or cancelled before it could be."""
         if self.turn is not None and not self.turn.done():
             self.turn.set_result(None)
 

@@ -81,6 +81,5 @@ async def answer_later(prepared: Prepared) -> bytes:
     try:
         result = await prepared.spec.handler(ctx, prepared.data)
     finally:
-        if ctx.turn is not None and not ctx.turn.done():
-            ctx.turn.set_result(None)  # refused or cancelled before submitting: let the next go
+        ctx.release_turn()
     return _frame(ctx.ext_id, result)

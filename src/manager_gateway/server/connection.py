@@ -134,7 +134,7 @@ class Connection(asyncio.Protocol):
             elif prepared.is_immediate:
                 self.send(answer_now(prepared))
             elif len(self.tasks) >= self.settings.max_inflight:
-                self._release_turn(prepared)
+                prepared.ctx.release_turn()
                 raise TooManyRequests()
             else:
                 task = asyncio.get_running_loop().create_task(self._run(request, prepared))
@@ -145,12 +145,6 @@ class Connection(asyncio.Protocol):
         except Exception:
             self.log.exception("request_failed", ext_id=request.ext_id, command=request.command)
             self.send(encode_error(InternalError(), request.ext_id))
-
-    @staticmethod
-    def _release_turn(prepared: Prepared) -> None:
-        turn = prepared.ctx.turn
-        if turn is not None and not turn.done():
-            turn.set_result(None)
 
     async def _run(self, request: Envelope, prepared: Prepared) -> None:
         try:
