@@ -24,6 +24,8 @@ from manager_gateway.protocol.models import (
     validate,
 )
 
+from ..conftest import DEMO_USER
+
 MAX_INT64 = 2**63 - 1
 MAX_UNIX_S = 2**40
 MISSING = object()  # marks a field to remove from the valid base data
@@ -32,14 +34,7 @@ INCOMING = [BalanceInData, CreditInData]
 OUTGOING = [BalanceOutData, CreditOutData]
 FINANCE = INCOMING + OUTGOING
 
-USER = {
-    "group": "demo",
-    "name": "Test User",
-    "password": "secret123",
-    "leverage": 100,
-    "enable": 1,
-    "email": "user@example.com",
-}
+USER = DEMO_USER
 
 
 def finance_base(model: type[CommandData]) -> dict[str, Any]:
