@@ -37,7 +37,7 @@ class EventSink(Protocol):
 
     def trade_event(self, event_type: int, account: Account, data_json: bytes) -> None: ...
 
-    def balance_event(self, account: Account, data_json: bytes) -> None: ...
+    def balance_event(self, account: Account) -> None: ...
 
 
 class MainLoop:
@@ -242,7 +242,7 @@ class MainLoop:
             data_json = orjson.dumps(effect.outcome["record"])
             self._waiters.on_trade_event(effect.event_type, record.order, data_json)
             self._sink.trade_event(effect.event_type, effect.account, data_json)
-            self._sink.balance_event(effect.account, orjson.dumps(effect.account.balance_wire()))
+            self._sink.balance_event(effect.account)
 
     def _expire_keys(self, tx: Transaction, now: float) -> None:
         cutoff = now - self._ttl_s
