@@ -201,6 +201,37 @@ async def test_unanswered_requests_time_out_as_client_errors() -> None:
     assert result.ok == 0 and result.histogram.count == 0 and result.to_dict()["p50_ms"] is None
 
 
+async def test_a_dropped_connection_fails_its_requests_and_the_run_ends() -> None:
+    """A server that drops every connection mid-run: the requests outstanding count as
+    client/CONNECTION_LOST and the run ends instead of waiting for answers that cannot come."""
+    servers: list[ScriptedServer] = []
+    answered: list[dict[str, Any]] = []
+
+    def drop_at_the_fifth(request: dict[str, Any]) -> list[bytes]:
+        if request["command"] != "Unsubscribe":
+            answered.append(request)
+            if len(answered) == 5:
+                servers[0].drop_connections()
+                return []
+        return answer_correctly(request)
+
+    async with serving(drop_at_the_fifth) as server:
+        servers.append(server)
+        result = await run_load(small(server.port, connections=2, inflight=2, requests=100))
+    assert result.errors["client/CONNECTION_LOST"] >= 1
+    assert result.ok + result.errors["client/CONNECTION_LOST"] == result.requests < 100
+    assert result.failed
+
+
+async def test_progress_bar_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    """With progress on, the tqdm bar is written to stderr and nothing to stdout."""
+    async with serving(answer_correctly) as server:
+        result = await run_load(small(server.port, progress=True, requests=30))
+    assert result.ok == 30
+    captured = capsys.readouterr()
+    assert "30/30 ok" in captured.err and captured.out == ""
+
+
 async def test_a_server_that_is_not_there_raises_load_error() -> None:
     """No server on the port: run_load raises LoadError naming the address."""
     async with serving(answer_correctly) as server:
