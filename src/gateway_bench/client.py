@@ -133,12 +133,9 @@ class GatewayClient(asyncio.Protocol):
         self, command: str, data: dict[str, Any], *, ext_id: str, token: str | None = None
     ) -> asyncio.Future[dict[str, Any]]:
         """Send one request; the future resolves with its parsed answer."""
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        if self.closed:
-            future.set_exception(ConnectionError("connection closed"))
-            return future
-        self._pending[ext_id] = future  # before the write: the answer cannot overtake it
-        self._write(encode_request(command, data, ext_id, token))
+        future = self.expect(ext_id)  # before the write: the answer cannot overtake it
+        if not self.closed:
+            self._write(encode_request(command, data, ext_id, token))
         return future
 
     def send_cb(
@@ -179,8 +176,19 @@ class GatewayClient(asyncio.Protocol):
             if self._pending.get(ext_id) is future:
                 del self._pending[ext_id]  # timed out or cancelled: a late answer is an orphan
 
+    def expect(self, ext_id: str) -> asyncio.Future[dict[str, Any]]:
+        """Register a future for the answer to `ext_id` without sending anything: for frames
+        written with `send_raw`. Call it before the write."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        if self.closed:
+            future.set_exception(ConnectionError("connection closed"))
+        else:
+            self._pending[ext_id] = future
+        return future
+
     def send_raw(self, frame: bytes) -> None:
-        """Write pre-encoded bytes (whole frames ending in `\\r\\n`); no waiter is registered."""
+        """Write pre-encoded bytes (whole frames ending in `\\r\\n`). No waiter is registered:
+        use `expect()` first, or their answers count as orphans."""
         if not self.closed:
             self._write(frame)
 

@@ -43,6 +43,7 @@ class ScriptedServer:
     def __init__(self, respond: Responder) -> None:
         self.respond = respond
         self.requests: list[dict[str, Any]] = []
+        self.origins: list[asyncio.StreamWriter] = []  # the connection each request came on
         self.raw_lines: list[bytes] = []
         self.writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
@@ -63,6 +64,7 @@ class ScriptedServer:
                 self.raw_lines.append(line)
                 request = orjson.loads(line)
                 self.requests.append(request)
+                self.origins.append(writer)
                 for chunk in self.respond(request):
                     writer.write(chunk)
                     await writer.drain()  # each chunk its own write: partial frames stay split

@@ -174,3 +174,20 @@ async def test_connect_to_a_closed_port_raises_oserror() -> None:
         port = server.port
     with pytest.raises(OSError):
         await GatewayClient.connect("127.0.0.1", port)
+
+
+async def test_expect_then_send_raw_resolves_pre_encoded_frames() -> None:
+    """Bulk senders register with expect() and write many frames at once with send_raw(); a
+    frame written with no waiter gets its answer counted as an orphan."""
+    async with serving(answer_correctly) as server:
+        client = await GatewayClient.connect("127.0.0.1", server.port)
+        futures = [client.expect(f"b{i}") for i in range(3)]
+        client.send_raw(b"".join(encode_request("HealthCheck", {}, f"b{i}") for i in range(4)))
+        answers = await asyncio.wait_for(asyncio.gather(*futures), 10)
+        assert [a["extID"] for a in answers] == ["b0", "b1", "b2"]
+        await client.request("HealthCheck", {})  # b3's answer was read before this one's
+        assert client.orphans == 1
+        client.close()
+        await client.wait_closed()
+        with pytest.raises(ConnectionError):
+            await client.expect("after-close")
