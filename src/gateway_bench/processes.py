@@ -52,6 +52,11 @@ class ServerProcess:
         """Resident memory of the server process now."""
         return int(psutil.Process(self.popen.pid).memory_info().rss)
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the server process has used so far."""
+        times = psutil.Process(self.popen.pid).cpu_times()
+        return float(times.user + times.system)
+
     def is_running(self) -> bool:
         return self.popen.poll() is None
 
