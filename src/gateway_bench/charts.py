@@ -1,0 +1,82 @@
+"""The bench's own PNGs, beside the load generator's per-run plots (`plot.plot_result`):
+gateway against baseline throughput over time, the fan-out delay distribution, and the gateway's
+memory during the pending-Sync scenario. Built on `Figure` with the Agg canvas, as in `plot.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, NullLocator
+
+_TAIL_TICKS = (0.0, 0.5, 0.9, 0.99, 0.999, 0.9999)
+
+
+def comparison_chart(runs: dict[str, dict[str, Any]], path: Path) -> Path:
+    """ok answers/s per interval of each load run, on one axis."""
+    fig = Figure(figsize=(9, 5), layout="constrained")
+    ax = fig.subplots()
+    for name, run in runs.items():
+        times = [row["t"] + row["duration_s"] for row in run["timeline"]]
+        ax.plot(times, [row["rps"] for row in run["timeline"]], marker=".",
+                label=f"{name}: {run['rps']:,.0f} ok/s")
+    ax.set_title("CreditInSync throughput: gateway against the baseline server")
+    ax.set_xlabel("seconds since measuring began (end of each interval)")
+    ax.set_ylabel("ok answers / s")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def fanout_delay_chart(fanout: dict[str, Any], path: Path) -> Path:
+    """Send-to-receipt delay by percentile, HDR style (the tail spread out on a log axis)."""
+    fig = Figure(figsize=(9, 5), layout="constrained")
+    ax = fig.subplots()
+    points = [(q, ms) for q, ms in fanout["delay_histogram_ms"] if q < 1.0]
+    if points:
+        ax.plot([1 / (1 - q) for q, _ in points], [ms for _, ms in points], color="tab:red")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator([1 / (1 - t) for t in _TAIL_TICKS]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{t * 100:g}%" for t in _TAIL_TICKS])
+    ax.set_xlabel("percentile")
+    ax.set_ylabel("writer send to listener receipt (ms)")
+    ax.set_ylim(bottom=0)
+    delay = fanout["delay_ms"]
+    ax.set_title(
+        f"fan-out to {fanout['listeners']} listeners: {fanout['delivered_per_s']:,.0f} events/s, "
+        f"p50 {delay['p50']} ms, p99 {delay['p99']} ms ({delay['count']:,} events)"
+    )
+    ax.grid(True, which="major", alpha=0.3)
+    return _save(fig, path)
+
+
+def pending_memory_chart(pending: dict[str, Any], path: Path) -> Path:
+    """Gateway RSS while the Sync requests were pending and draining."""
+    fig = Figure(figsize=(9, 4.5), layout="constrained")
+    ax = fig.subplots()
+    samples = pending.get("rss_samples") or []
+    ax.plot([t for t, _ in samples], [rss for _, rss in samples], color="tab:purple")
+    ax.axhline(pending["rss_before_mb"], color="gray", linestyle="--", label="before")
+    fresh = pending.get("rss_fresh_same_ledger_mb")
+    if fresh is not None:
+        ax.axhline(fresh, color="tab:green", linestyle=":", label="fresh process, same ledger")
+    ax.set_title(f"pending Sync: gateway RSS, {pending['sent']:,} requests "
+                 f"(peak {pending['rss_peak_mb']} MB, after {pending['rss_after_mb']} MB)")
+    ax.set_xlabel("seconds since the stall began")
+    ax.set_ylabel("RSS (MB)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=100)
+    return path

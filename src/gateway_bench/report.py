@@ -1,0 +1,238 @@
+"""results.json and the summary: the headline figures, each target judged, a table for people.
+
+Targets are benchmark figures from issue 3 (a 2-core machine shared by generator and gateway).
+They are judged here and printed, never asserted by the test suite: a missed target is news
+about the gateway or the machine, not a failed bench. A target whose measurement was skipped or
+could not be made is `met: None`, shown as "n/a".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    target: str  # the goal as text, e.g. "<= 25 ms"
+    value: Any  # the measured figure (None when not measured)
+    met: bool | None  # None: not measured or not judgeable
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def headline(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The issue's named fields from the load runs (None where a run is missing)."""
+    gateway, single, baseline = (runs.get(name) for name in ("gateway", "single", "baseline"))
+    gateway_rps = gateway["rps"] if gateway else None
+    baseline_rps = baseline["rps"] if baseline else None
+    ratio = (round(gateway_rps / baseline_rps, 3)
+             if gateway_rps is not None and baseline_rps else None)
+    return {
+        "gateway_rps": gateway_rps,
+        "baseline_rps": baseline_rps,
+        "ratio": ratio,
+        "p50_ms": gateway["p50_ms"] if gateway else None,
+        "p99_ms": gateway["p99_ms"] if gateway else None,
+        "single_rps": single["rps"] if single else None,
+        "single_p50_ms": single["p50_ms"] if single else None,
+        "single_p99_ms": single["p99_ms"] if single else None,
+    }
+
+
+def assemble_results(
+    *,
+    machine: dict[str, Any],
+    settings: dict[str, Any],
+    runs: dict[str, dict[str, Any]],
+    fanout: dict[str, Any] | None,
+    idle: dict[str, Any] | None,
+    pending: dict[str, Any] | None,
+    failures: dict[str, str],
+    wall_time_s: float,
+) -> dict[str, Any]:
+    """The whole results.json document."""
+    results: dict[str, Any] = {
+        "schema": SCHEMA,
+        **headline(runs),
+        "machine": machine,
+        "settings": settings,
+        "runs": runs,
+        "fanout": fanout,
+        "idle": idle,
+        "pending": pending,
+        "failures": failures,
+        "wall_time_s": round(wall_time_s, 1),
+    }
+    results["targets"] = [target.to_dict() for target in evaluate_targets(results)]
+    return results
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[Target]:
+    return [*_load_targets(results), *_fanout_targets(results.get("fanout")),
+            *_idle_targets(results.get("idle")), *_pending_targets(results.get("pending"))]
+
+
+def _at_most(limit: float) -> Callable[[Any], bool | None]:
+    return lambda value: None if value is None else value <= limit
+
+
+def _at_least(limit: float) -> Callable[[Any], bool | None]:
+    return lambda value: None if value is None else value >= limit
+
+
+def _target(name: str, goal: str, value: Any, judge: Callable[[Any], bool | None],
+            detail: str = "") -> Target:
+    return Target(name, goal, value, judge(value), detail)
+
+
+def _load_targets(results: dict[str, Any]) -> list[Target]:
+    runs = results.get("runs") or {}
+    gateway, single = runs.get("gateway"), runs.get("single")
+    errors = None
+    if gateway is not None:
+        errors = sum(gateway["errors"].values()) + gateway["mismatches"]
+    rps_detail = (f"{results['gateway_rps']} vs {results['baseline_rps']} ok/s"
+                  if results.get("ratio") is not None else "")
+    return [
+        _target("CreditInSync 50x4: throughput / baseline", ">= 0.35", results.get("ratio"),
+                _at_least(0.35), rps_detail),
+        _target("CreditInSync 50x4: p99", "<= 25 ms", results.get("p99_ms"), _at_most(25.0)),
+        _target("CreditInSync 50x4: errors and mismatches", "== 0", errors, _at_most(0)),
+        _target("CreditInSync 1x1: p50 (durable commits)", "<= 1 ms",
+                results.get("single_p50_ms"), _at_most(1.0)),
+        _target("CreditInSync 1x1: p99 (durable commits)", "<= 3 ms",
+                results.get("single_p99_ms"), _at_most(3.0)),
+        _target("CreditInSync 1x1: errors and mismatches", "== 0",
+                None if single is None else sum(single["errors"].values())
+                + single["mismatches"], _at_most(0)),
+    ]
+
+
+def _fanout_targets(fanout: dict[str, Any] | None) -> list[Target]:
+    if fanout is None:
+        return [Target("fan-out: events delivered / s", ">= 20000", None, None),
+                Target("fan-out: send-to-receipt p99", "<= 50 ms", None, None),
+                Target("fan-out: every event once per listener", "yes", None, None)]
+    listeners = fanout["listeners"]
+    return [
+        _target(f"fan-out to {listeners}: events delivered / s", ">= 20000",
+                fanout["delivered_per_s"], _at_least(20_000),
+                f"offered {fanout['offered_per_s']:g}/s"),
+        _target(f"fan-out to {listeners}: send-to-receipt p99", "<= 50 ms",
+                fanout["delay_ms"]["p99"], _at_most(50.0),
+                "upper bound of commit-to-receipt"),
+        Target(f"fan-out to {listeners}: every event once per listener", "yes",
+               fanout["every_event_once"], fanout["every_event_once"],
+               f"missing {fanout['events_missing']}, duplicated {fanout['events_duplicated']}"),
+    ]
+
+
+def _idle_targets(idle: dict[str, Any] | None) -> list[Target]:
+    if idle is None:
+        return [Target("idle: authenticated connections held", "all", None, None),
+                Target("idle: gateway RSS with all held", "< 400 MB", None, None)]
+    wanted = idle["spec"]["connections"]
+    return [
+        _target("idle: authenticated connections held", f"== {wanted}", idle["authenticated"],
+                lambda value: value == wanted and idle["held_open"] == wanted
+                and idle["health_check"] == "200",
+                f"HealthCheck while held: {idle['health_check']}"),
+        _target("idle: gateway RSS with all held", "< 400 MB", idle["rss_held_mb"],
+                lambda value: None if value is None else value < 400,
+                f"before {idle['rss_before_mb']} MB, after close {idle['rss_after_mb']} MB"),
+    ]
+
+
+def _pending_targets(pending: dict[str, Any] | None) -> list[Target]:
+    if pending is None:
+        return [Target("pending Sync: all 504 on time", "all", None, None),
+                Target("pending Sync: no waiter left", "== 0", None, None),
+                Target("pending Sync: RSS back to its starting level", "yes", None, None)]
+    requests = pending["spec"]["requests"]
+    waiters = pending.get("waiters_after")
+    return [
+        _target("pending Sync: all 504 within timeout + 100 ms", f"== {requests}",
+                pending["timed_out_on_time"], lambda value: value == requests,
+                f"late {pending['timed_out_late']}, not 504 {pending['not_504']}, missing "
+                f"{pending['missing']}; at most {pending['pending_peak']} pending at once"),
+        Target("pending Sync: no waiter left (gateway metrics)", "== 0", waiters,
+               None if waiters is None else waiters == 0,
+               "" if waiters is not None else "the gateway serves no metrics"),
+        _memory_target(pending),
+    ]
+
+
+def _memory_target(pending: dict[str, Any]) -> Target:
+    """RSS after the drain against a fresh gateway that loaded the same ledger: what the first
+    process holds beyond its (grown) state. CPython keeps freed memory, so this is judged with
+    the slack of `RETAINED_SLACK` of the peak's growth."""
+    after, fresh = pending.get("rss_after_mb"), pending.get("rss_fresh_same_ledger_mb")
+    before, peak = pending.get("rss_before_mb"), pending.get("rss_peak_mb")
+    detail = f"before {before}, peak {peak}, after {after}, fresh process same ledger {fresh} MB"
+    if after is None or fresh is None or before is None or peak is None:
+        return Target("pending Sync: RSS back to its starting level", "yes", None, None, detail)
+    excess = round(after - fresh, 1)
+    allowed = round(RETAINED_SLACK * max(peak - before, 0.0), 1)
+    return Target("pending Sync: RSS after - fresh process on the same ledger",
+                  f"<= {allowed} MB", excess, excess <= allowed, detail)
+
+
+RETAINED_SLACK = 0.1  # of the peak's growth: memory CPython may keep without anything leaking
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """A plain-text report: machine, headline figures, each target with PASS / MISS / n/a."""
+    machine, settings = results["machine"], results["settings"]
+    git = machine.get("git") or {}
+    lines = [
+        f"manager-gateway bench ({settings.get('mode', '?')}): {machine.get('cpu_model')}, "
+        f"{machine.get('cpu_count_logical')} cores, {machine.get('memory_total_mb')} MB, "
+        f"Python {machine.get('python')}, load {machine.get('load_average')}",
+        f"commit {git.get('commit')}{' (uncommitted changes)' if git.get('dirty') else ''}, "
+        f"ledger_synchronous {settings.get('ledger_synchronous')}, "
+        f"wall time {results.get('wall_time_s')} s",
+        "",
+        f"CreditInSync {settings.get('connections')}x{settings.get('inflight')} over "
+        f"{settings.get('accounts')} accounts, {settings.get('duration_s')} s each: gateway "
+        f"{_fmt(results.get('gateway_rps'))} ok/s, baseline {_fmt(results.get('baseline_rps'))}"
+        f" ok/s, ratio {_fmt(results.get('ratio'))}; p50 {_fmt(results.get('p50_ms'))} ms, "
+        f"p99 {_fmt(results.get('p99_ms'))} ms",
+        f"CreditInSync 1x1: {_fmt(results.get('single_rps'))} ok/s, p50 "
+        f"{_fmt(results.get('single_p50_ms'))} ms, p99 {_fmt(results.get('single_p99_ms'))} ms",
+        "",
+    ]
+    rows = [(t["name"], t["target"], _fmt(t["value"]), _verdict(t["met"]), t["detail"])
+            for t in results["targets"]]
+    widths = [max(len(row[i]) for row in [*rows, _HEADER]) for i in range(4)]
+    for row in [_HEADER, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[4]]).rstrip())
+    for phase, error in (results.get("failures") or {}).items():
+        lines.append(f"FAILED {phase}: {error}")
+    return "\n".join(lines)
+
+
+_HEADER = ("target", "goal", "measured", "", "")
+
+
+def _verdict(met: bool | None) -> str:
+    return "n/a" if met is None else ("PASS" if met else "MISS")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

@@ -1,0 +1,175 @@
+"""tools/bench: arguments, results.json assembly, target judgement, and a tiny whole run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway_bench.bench import PHASES, build_parser, main, options_from_args
+from gateway_bench.report import assemble_results, evaluate_targets, summary_table
+
+
+def options(*argv: str) -> Any:
+    return options_from_args(build_parser().parse_args(["--out", "/tmp/x", *argv]))
+
+
+def test_quick_and_full_profiles_set_durations() -> None:
+    """--quick shortens every run; the full profile measures 60 s per load run."""
+    quick, full = options("--quick"), options()
+    assert (quick.mode, quick.duration_s, quick.warmup_s) == ("quick", 15.0, 3.0)
+    assert (full.mode, full.duration_s) == ("full", 60.0)
+    assert quick.fanout.duration_s < full.fanout.duration_s
+
+
+def test_overrides_reach_every_phase() -> None:
+    """--duration, --connections, --inflight and --accounts override the profile."""
+    o = options("--quick", "--duration", "4", "--warmup", "0", "--connections", "8",
+                "--inflight", "2", "--accounts", "7", "--pending-requests", "2500")
+    assert (o.duration_s, o.warmup_s, o.connections, o.inflight) == (4.0, 0.0, 8, 2)
+    assert o.fanout.accounts == o.pending.accounts == 7
+    assert o.fanout.duration_s == 4.0 and o.fanout.warmup_s == 0.0
+    assert o.pending.requests == 2500 and o.pending.connections == 3  # 1000 per connection
+
+
+def test_skip_takes_known_phases_only(capsys: pytest.CaptureFixture[str]) -> None:
+    """--skip accepts a comma list of phases and refuses an unknown one with exit 2."""
+    assert options("--skip", "fanout, idle").skip == {"fanout", "idle"}
+    with pytest.raises(SystemExit) as exit_info:
+        options("--skip", "fanout,nonsense")
+    assert exit_info.value.code == 2
+    assert "nonsense" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [[], ["--out", "d", "--duration", "0"],
+                                  ["--out", "d", "--connections", "-1"]])
+def test_bad_arguments_exit_2(argv: list[str]) -> None:
+    """No --out, or a non-positive duration or count, is a usage error."""
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+
+
+def load_run(rps: float, p50: float, p99: float, errors: dict[str, int] | None = None) -> dict[
+        str, Any]:
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors or {}, "mismatches": 0,
+            "timeline": []}
+
+
+FANOUT = {"listeners": 10, "delivered_per_s": 29_900.0, "offered_per_s": 30_000.0,
+          "delay_ms": {"p50": 3.0, "p99": 61.0}, "every_event_once": True,
+          "events_missing": 0, "events_duplicated": 0}
+IDLE = {"spec": {"connections": 10_000}, "authenticated": 10_000, "held_open": 10_000,
+        "health_check": "200", "rss_before_mb": 42.0, "rss_held_mb": 81.5, "rss_after_mb": 74.0}
+PENDING = {"spec": {"requests": 100_000}, "timed_out_on_time": 100_000, "timed_out_late": 0,
+           "not_504": 0, "missing": 0, "pending_peak": 99_000, "waiters_after": 0.0,
+           "rss_before_mb": 43.0, "rss_peak_mb": 443.0, "rss_after_mb": 220.0,
+           "rss_fresh_same_ledger_mb": 195.0}
+
+
+def results(**sections: Any) -> dict[str, Any]:
+    runs = {"gateway": load_run(9_000.0, 8.0, 20.0), "single": load_run(1_500.0, 0.6, 2.5),
+            "baseline": load_run(20_000.0, 2.0, 5.0)}
+    return assemble_results(
+        machine={"cpu_model": "test cpu", "git": {"commit": "abc", "dirty": False}},
+        settings={"mode": "quick", "connections": 50, "inflight": 4, "accounts": 100},
+        runs=sections.pop("runs", runs), fanout=sections.get("fanout", FANOUT),
+        idle=sections.get("idle", IDLE), pending=sections.get("pending", PENDING),
+        failures={}, wall_time_s=170.04,
+    )
+
+
+def verdicts(document: dict[str, Any]) -> dict[str, bool | None]:
+    return {target["name"]: target["met"] for target in document["targets"]}
+
+
+def test_results_carry_the_headline_fields() -> None:
+    """gateway_rps, baseline_rps, ratio, p50/p99 and the single-connection figures are top level."""
+    document = results()
+    assert document["gateway_rps"] == 9_000.0 and document["baseline_rps"] == 20_000.0
+    assert document["ratio"] == 0.45
+    assert (document["p50_ms"], document["p99_ms"]) == (8.0, 20.0)
+    assert (document["single_p50_ms"], document["single_p99_ms"]) == (0.6, 2.5)
+    assert document["wall_time_s"] == 170.0
+    orjson.dumps(document)  # JSON-ready as it stands
+
+
+def test_targets_are_judged_from_the_figures() -> None:
+    """Each figure is compared with its goal: met, missed, or n/a."""
+    met = verdicts(results())
+    assert met["CreditInSync 50x4: throughput / baseline"] is True
+    assert met["CreditInSync 50x4: p99"] is True
+    assert met["CreditInSync 1x1: p50 (durable commits)"] is True
+    assert met["fan-out to 10: events delivered / s"] is True
+    assert met["fan-out to 10: send-to-receipt p99"] is False  # 61 ms > 50 ms
+    assert met["idle: gateway RSS with all held"] is True
+    assert met["pending Sync: all 504 within timeout + 100 ms"] is True
+    assert met["pending Sync: no waiter left (gateway metrics)"] is True
+    assert met["pending Sync: RSS after - fresh process on the same ledger"] is True  # 25 <= 40
+
+
+def test_missed_targets_and_errors() -> None:
+    """Errors, a slow gateway, late timeouts and a leftover waiter are each a miss."""
+    runs = {"gateway": load_run(5_000.0, 9.0, 40.0, {"504/SYNC_TIMEOUT": 3}),
+            "single": load_run(900.0, 1.2, 4.0), "baseline": load_run(20_000.0, 2.0, 5.0)}
+    pending = {**PENDING, "timed_out_on_time": 99_990, "timed_out_late": 10,
+               "waiters_after": 2.0, "rss_after_mb": 400.0}
+    met = verdicts(results(runs=runs, pending=pending))
+    assert met["CreditInSync 50x4: throughput / baseline"] is False  # 0.25
+    assert met["CreditInSync 50x4: errors and mismatches"] is False
+    assert met["CreditInSync 1x1: p99 (durable commits)"] is False
+    assert met["pending Sync: all 504 within timeout + 100 ms"] is False
+    assert met["pending Sync: no waiter left (gateway metrics)"] is False
+    assert met["pending Sync: RSS after - fresh process on the same ledger"] is False
+
+
+def test_skipped_phases_are_not_judged() -> None:
+    """A phase that did not run leaves its targets n/a and its headline fields None."""
+    document = results(runs={}, fanout=None, idle=None, pending=None)
+    assert document["ratio"] is None and document["gateway_rps"] is None
+    assert set(verdicts(document).values()) == {None}
+    assert all(target.value is None for target in evaluate_targets(document))
+
+
+def test_summary_table_lists_every_target_with_its_verdict() -> None:
+    """The printed table names each target, its goal, the figure and PASS / MISS / n/a."""
+    document = results(idle=None)
+    table = summary_table(document)
+    assert "test cpu" in table and "ratio 0.45" in table
+    for target in document["targets"]:
+        assert target["name"] in table
+    assert "PASS" in table and "MISS" in table and "n/a" in table
+
+
+def test_skipping_everything_still_writes_results(tmp_path: Path) -> None:
+    """With every phase skipped the bench writes results.json and exits 0."""
+    code = main(["--out", str(tmp_path), "--skip", ",".join(PHASES), "--no-progress"])
+    assert code == 0
+    document = orjson.loads((tmp_path / "results.json").read_bytes())
+    assert document["runs"] == {} and document["failures"] == {}
+    assert document["machine"]["cpu_count_logical"] >= 1
+
+
+@pytest.mark.slow
+def test_a_tiny_whole_run_writes_figures_and_plots(tmp_path: Path) -> None:
+    """Every phase at a toy scale: results.json has each section, each run's plots exist."""
+    code = main([
+        "--out", str(tmp_path), "--duration", "0.5", "--warmup", "0", "--connections", "2",
+        "--inflight", "1", "--accounts", "2", "--fanout-listeners", "2", "--fanout-rate", "100",
+        "--idle-connections", "20", "--pending-requests", "100", "--pending-timeout-ms", "300",
+        "--no-progress",
+    ])
+    document = orjson.loads((tmp_path / "results.json").read_bytes())
+    assert document["failures"] == {} and code == 0
+    assert set(document["runs"]) == {"gateway", "single", "baseline"}
+    assert document["gateway_rps"] > 0 and document["baseline_rps"] > 0
+    assert document["fanout"]["every_event_once"]
+    assert document["idle"]["authenticated"] == 20
+    assert document["pending"]["answers"] == {"504/SYNC_TIMEOUT": 100}
+    assert document["settings"]["ledger_synchronous"] == "FULL"
+    for name in ("gateway-timeline.png", "single-latency.png", "baseline-timeline.png",
+                 "comparison-throughput.png", "fanout-delay.png", "pending-memory.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "gateway.log").stat().st_size > 0
