@@ -206,7 +206,7 @@ class MainLoop:
     def _settle(self, op: Operation, outcome: dict[str, Any]) -> None:
         """Answer a caller with a committed outcome (not through an event)."""
         if op.future is not None and not op.future.done():
-            op.future.set_result(outcome)
+            op.future.set_result(outcome[op.answer])
         if op.waiter is not None:
             record = outcome.get("record")
             if record is None:  # a Sync retry of a key that was made by a non-Sync command
@@ -232,10 +232,10 @@ class MainLoop:
     def _announce(self, op: Operation, effect: Effect) -> None:
         followers = self.state.uncommitted.pop(op.key, ())
         if op.future is not None and not op.future.done():
-            op.future.set_result(effect.outcome)
+            op.future.set_result(effect.outcome[op.answer])
         for follower in followers:
             if follower.future is not None and not follower.future.done():
-                follower.future.set_result(effect.outcome)
+                follower.future.set_result(effect.outcome[follower.answer])
         record = effect.record
         if record is not None and effect.event_type is not None:
             data_json = orjson.dumps(effect.outcome["record"])

@@ -43,7 +43,7 @@ class OpKind(Enum):
 @dataclass(slots=True, eq=False)
 class Operation:
     """A request for the main loop. Exactly one of `future` (async form) or `waiter` (Sync) is set;
-    the main loop settles it with the outcome dict or a `GatewayError`."""
+    the main loop settles it with `outcome[answer]` or a `GatewayError`."""
 
     kind: OpKind
     command: str
@@ -53,6 +53,7 @@ class Operation:
     digest: str
     cmd: int = 0  # finance: the command's own cmd; delete: 1 for credit, 0 for balance
     password_hash: str = ""
+    answer: str = "ack"  # the part of the outcome `future` is settled with
     future: asyncio.Future[dict[str, Any]] | None = None
     waiter: Waiter | None = None
 

@@ -10,12 +10,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
-from typing import TYPE_CHECKING, cast
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
 from ..clock import Cancellable
-from ..commands.dispatch import Prepared, answer_later, answer_now, prepare
+from ..commands.dispatch import (
+    Prepared,
+    answer_deferred,
+    answer_later,
+    answer_now,
+    prepare,
+    success_frame,
+)
 from ..protocol.codec import Envelope, EnvelopeError, encode_error, parse_request
 from ..protocol.errors import (
     FrameTooLarge,
@@ -45,7 +53,8 @@ class Connection(asyncio.Protocol):
         self.session = Session()
         self.decoder = FrameDecoder(self.settings.max_frame_bytes)
         self.transport: asyncio.Transport | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
+        # Requests waiting for the main loop: tasks (AddUser) and deferred handlers' futures.
+        self.tasks: set[asyncio.Future[Any]] = set()
         self.log = log
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -148,12 +157,18 @@ class Connection(asyncio.Protocol):
             elif len(self.tasks) >= self.settings.max_inflight:
                 prepared.ctx.release_turn()
                 raise TooManyRequests()
+            elif prepared.spec.deferred:
+                future = answer_deferred(prepared)
+                self.tasks.add(future)
+                future.add_done_callback(partial(self._deferred_done, request))
             else:
                 task = asyncio.get_running_loop().create_task(self._run(request, prepared))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
         except GatewayError as error:
             self._refused(request, error)
+        except SessionGone:
+            pass
         except Exception:
             self.log.exception("request_failed", ext_id=request.ext_id, command=request.command)
             self.send(encode_error(InternalError(), request.ext_id))
@@ -170,6 +185,22 @@ class Connection(asyncio.Protocol):
             self.log.exception("request_failed", ext_id=request.ext_id, command=request.command)
             frame = encode_error(InternalError(), request.ext_id)
         self.send(frame)
+
+    def _deferred_done(self, request: Envelope, future: asyncio.Future[Any]) -> None:
+        self.tasks.discard(future)
+        if future.cancelled():  # its waiter was dropped with the session: no one to answer
+            return
+        error = future.exception()
+        if error is None:
+            self.send(success_frame(request.ext_id, future.result()))
+        elif isinstance(error, GatewayError):
+            self._refused(request, error)
+        elif not isinstance(error, SessionGone):
+            self.log.error(
+                "request_failed", ext_id=request.ext_id, command=request.command,
+                exc_info=error,
+            )
+            self.send(encode_error(InternalError(), request.ext_id))
 
     def _refused(self, request: Envelope, error: GatewayError) -> None:
         access = self.session.access
