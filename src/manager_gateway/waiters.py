@@ -41,12 +41,17 @@ class WaiterRegistry:
         self._timeout_s = timeout_ms / 1000
         self._by_order: dict[int, list[Waiter]] = {}
         self._by_session: dict[Hashable, set[Waiter]] = {}
+        # Running counts as plain ints, so the metrics thread reads them without iterating the
+        # dicts above while the loop changes them. `pending` always equals `pending_count()`.
+        self.pending = 0
+        self.timeouts = 0
 
     def register(self, session: Hashable, ext_id: str) -> Waiter:
         """A new waiter whose timeout starts now."""
         waiter = Waiter(session, ext_id, asyncio.get_running_loop().create_future())
         waiter.timer = self._clock.call_later(self._timeout_s, lambda: self._expire(waiter))
         self._by_session.setdefault(session, set()).add(waiter)
+        self.pending += 1
         return waiter
 
     def bind(self, waiter: Waiter, order: int, event_type: int) -> None:
@@ -81,6 +86,8 @@ class WaiterRegistry:
             waiter.future.set_exception(error)
 
     def _expire(self, waiter: Waiter) -> None:
+        if not waiter.future.done():  # not already settled by an event that beat the timer
+            self.timeouts += 1
         data = {"order": waiter.order} if waiter.order is not None else None
         self.reject(waiter, SyncTimeout(data=data))
 
@@ -92,8 +99,9 @@ class WaiterRegistry:
         if not waiter.future.done():
             waiter.future.cancel()
         session_waiters = self._by_session.get(waiter.session)
-        if session_waiters is not None:
-            session_waiters.discard(waiter)
+        if session_waiters is not None and waiter in session_waiters:
+            session_waiters.remove(waiter)
+            self.pending -= 1
             if not session_waiters:
                 del self._by_session[waiter.session]
         if waiter.order is not None:
