@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import os
 import socket
 import urllib.request
@@ -31,6 +32,8 @@ EVENTS = ["trade:event", "balance:event"]
 LATENCY = "gateway_request_duration_seconds"
 BATCH_OPERATIONS = "gateway_batch_operations"
 BATCH_COMMIT = "gateway_batch_commit_seconds"
+ROUNDS = 5
+CLIENTS_PER_ROUND = 8
 
 
 def unused_port() -> int:
@@ -290,3 +293,51 @@ async def test_taken_metrics_port_fails_start_and_leaves_nothing_open(
     # The ledger was closed cleanly: the same data dir starts again.
     gw = await make_gateway()
     assert (await (await gw.client()).ok("HealthCheck"))["status"] == "ok"
+
+
+async def test_scrapes_during_traffic_are_whole_and_only_grow(make_gateway: GatewayFactory) -> None:
+    """Scrapes taken on the HTTP thread while clients connect, pipeline Sync credits and reads
+    and disconnect all succeed, counters never go back, and the final counts are exact."""
+    gw = await metrics_gateway(make_gateway)
+    admin = await gw.client()
+    await gw.add_user(admin, LOGIN)
+    before = await scrape(gw)
+    done = False
+
+    async def keep_scraping() -> list[Families]:
+        scrapes = []
+        while not done:
+            scrapes.append(await scrape(gw))
+        return scrapes
+
+    scraper = asyncio.create_task(keep_scraping())
+    for round_ in range(ROUNDS):
+        clients = [await Client.connect(gw.port, gw.token()) for _ in range(CLIENTS_PER_ROUND)]
+        futures = [
+            future
+            for c, client in enumerate(clients)
+            for future in (
+                client.send("CreditInSync", {**CREDIT, "amount": 1.0},
+                            ext_id=f"load-{round_}-{c}"),
+                client.send("GetAccountByLogin", {"login": LOGIN}),
+                client.send("NoSuchCommand"),
+            )
+        ]
+        answers = await asyncio.wait_for(asyncio.gather(*futures), SCRAPE_TIMEOUT_S)
+        assert [answer["status"] for answer in answers] == [200, 200, 404] * CLIENTS_PER_ROUND
+        for client in clients:
+            await client.close()
+    done = True
+    scrapes = [before, *await scraper, await scrape(gw)]
+
+    assert len(scrapes) > 2
+    for earlier, later in itertools.pairwise(scrapes):
+        moved = changed(requests_by_series(earlier), requests_by_series(later))
+        assert all(by > 0 for by in moved.values()), moved
+    total = ROUNDS * CLIENTS_PER_ROUND
+    assert changed(requests_by_series(before), requests_by_series(scrapes[-1])) == {
+        ("CreditInSync", "200"): total,
+        ("GetAccountByLogin", "200"): total,
+        ("unknown", "404"): total,
+    }
+    assert delta(before, scrapes[-1], *counter("gateway_connections_accepted")) == total
