@@ -4,11 +4,16 @@ A waiter is registered before its operation reaches the main loop; the main loop
 reserved `order` and awaited event type before the event can fire; the first of event, rejection,
 timeout or session close settles its future, and the handler removes it in `finally`. Every path
 guards with `done()`, so a late event or a second settlement is dropped quietly.
+
+Every waiter has the same timeout, so deadlines come in registration order: the registry keeps
+them in one FIFO with a single timer for the oldest, instead of a loop timer per request (a
+timer handle and a heap push and cancel for each of tens of thousands of requests a second).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Hashable
 
 from .clock import Cancellable, Clock
@@ -22,15 +27,18 @@ class SessionGone(Exception):
 class Waiter:
     """One pending Sync request. `future` resolves to the matching event's encoded `data`."""
 
-    __slots__ = ("event_type", "ext_id", "future", "order", "session", "timer")
+    __slots__ = ("deadline", "event_type", "ext_id", "future", "order", "removed", "session")
 
-    def __init__(self, session: Hashable, ext_id: str, future: asyncio.Future[bytes]) -> None:
+    def __init__(
+        self, session: Hashable, ext_id: str, future: asyncio.Future[bytes], deadline: float
+    ) -> None:
         self.session = session
         self.ext_id = ext_id
         self.future = future
+        self.deadline = deadline  # on the clock's monotonic time
         self.order: int | None = None
         self.event_type: int | None = None
-        self.timer: Cancellable | None = None
+        self.removed = False
 
 
 class WaiterRegistry:
@@ -41,6 +49,10 @@ class WaiterRegistry:
         self._timeout_s = timeout_ms / 1000
         self._by_order: dict[int, list[Waiter]] = {}
         self._by_session: dict[Hashable, set[Waiter]] = {}
+        # Oldest first. Removed waiters leave lazily, when they reach the front; since answers
+        # come roughly in order, the queue stays about as long as the number pending.
+        self._deadlines: deque[Waiter] = deque()
+        self._timer: Cancellable | None = None
         # Running counts as plain ints, so the metrics thread reads them without iterating the
         # dicts above while the loop changes them. `pending` always equals `pending_count()`.
         self.pending = 0
@@ -48,11 +60,28 @@ class WaiterRegistry:
 
     def register(self, session: Hashable, ext_id: str) -> Waiter:
         """A new waiter whose timeout starts now."""
-        waiter = Waiter(session, ext_id, asyncio.get_running_loop().create_future())
-        waiter.timer = self._clock.call_later(self._timeout_s, lambda: self._expire(waiter))
+        deadline = self._clock.monotonic() + self._timeout_s
+        waiter = Waiter(session, ext_id, asyncio.get_running_loop().create_future(), deadline)
+        self._deadlines.append(waiter)
+        if self._timer is None:
+            self._timer = self._clock.call_later(self._timeout_s, self._expire_due)
         self._by_session.setdefault(session, set()).add(waiter)
         self.pending += 1
         return waiter
+
+    def _expire_due(self) -> None:
+        """The timer: time out every waiter whose deadline has passed, then re-arm for the next."""
+        self._timer = None
+        now = self._clock.monotonic()
+        deadlines = self._deadlines
+        while deadlines:
+            waiter = deadlines[0]
+            if not waiter.removed and waiter.deadline > now:
+                self._timer = self._clock.call_later(waiter.deadline - now, self._expire_due)
+                return
+            deadlines.popleft()
+            if not waiter.removed:
+                self._expire(waiter)
 
     def bind(self, waiter: Waiter, order: int, event_type: int) -> None:
         """Called by the main loop once it reserved `order`, before the event can be emitted."""
@@ -93,15 +122,21 @@ class WaiterRegistry:
 
     def remove(self, waiter: Waiter) -> None:
         """Forget a waiter (the handler's `finally`); safe to call more than once."""
-        if waiter.timer is not None:
-            waiter.timer.cancel()
-            waiter.timer = None
+        if waiter.removed:
+            return
+        waiter.removed = True
+        self.pending -= 1
+        deadlines = self._deadlines
+        while deadlines and deadlines[0].removed:
+            deadlines.popleft()
+        if not deadlines and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not waiter.future.done():
             waiter.future.cancel()
         session_waiters = self._by_session.get(waiter.session)
-        if session_waiters is not None and waiter in session_waiters:
-            session_waiters.remove(waiter)
-            self.pending -= 1
+        if session_waiters is not None:
+            session_waiters.discard(waiter)
             if not session_waiters:
                 del self._by_session[waiter.session]
         if waiter.order is not None:
@@ -126,6 +161,10 @@ class WaiterRegistry:
 
     def pending_count(self) -> int:
         return sum(len(waiters) for waiters in self._by_session.values())
+
+    def deadline_queue_length(self) -> int:
+        """Entries in the timeout queue, removed ones not yet dropped included (leak checks)."""
+        return len(self._deadlines)
 
     def bound_count(self) -> int:
         return sum(len(waiters) for waiters in self._by_order.values())

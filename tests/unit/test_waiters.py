@@ -249,7 +249,7 @@ async def test_remove_is_idempotent(registry: WaiterRegistry, clock: FakeClock) 
     registry.bind(waiter, 7, ADD)
     registry.remove(waiter)
     assert waiter.future.cancelled()
-    assert waiter.timer is None
+    assert waiter.removed
     assert_empty(registry, clock)
     registry.remove(waiter)
     assert_empty(registry, clock)
@@ -397,4 +397,72 @@ async def test_timeouts_counts_only_waiters_the_timer_settled(
     assert registry.timeouts == 1
     for waiter in (expired, answered, rejected):
         registry.remove(waiter)
+    assert_empty(registry, clock)
+
+
+async def test_each_waiter_expires_at_its_own_deadline(
+    registry: WaiterRegistry, clock: FakeClock
+) -> None:
+    """Waiters registered at different times share one timer yet each times out at exactly
+    registration + timeout, in order."""
+    first = registry.register("s1", "a")
+    clock.advance(1.0)
+    second = registry.register("s1", "b")
+    clock.advance(1.5)
+    third = registry.register("s2", "c")
+    assert clock.pending_timers() == 1
+    clock.advance(TIMEOUT_S - 2.5 - 0.001)
+    assert not first.future.done()
+    clock.advance(0.001)
+    assert isinstance(first.future.exception(), SyncTimeout)
+    assert not second.future.done()
+    clock.advance(1.0 - 0.001)
+    assert not second.future.done()
+    clock.advance(0.001)
+    assert isinstance(second.future.exception(), SyncTimeout)
+    assert not third.future.done()
+    clock.advance(1.5)
+    assert isinstance(third.future.exception(), SyncTimeout)
+    for waiter in (first, second, third):
+        registry.remove(waiter)
+    assert_empty(registry, clock)
+
+
+async def test_removed_oldest_does_not_delay_or_expire_others(
+    registry: WaiterRegistry, clock: FakeClock
+) -> None:
+    """Removing the oldest and a middle waiter leaves the rest timing out on their own
+    deadlines; the removed ones are never settled by the timer."""
+    waiters = []
+    for i in range(4):
+        waiters.append(registry.register("s1", f"x{i}"))
+        clock.advance(1.0)
+    registry.remove(waiters[0])
+    registry.remove(waiters[2])
+    clock.advance(TIMEOUT_S - 4.0 + 1.0)  # waiters[1] registered at t=1: due at 1 + timeout
+    assert isinstance(waiters[1].future.exception(), SyncTimeout)
+    assert not waiters[3].future.done()
+    clock.advance(2.0)
+    assert isinstance(waiters[3].future.exception(), SyncTimeout)
+    assert waiters[0].future.cancelled() and waiters[2].future.cancelled()
+    for waiter in (waiters[1], waiters[3]):
+        registry.remove(waiter)
+    assert_empty(registry, clock)
+
+
+async def test_answered_waiters_do_not_pile_up(registry: WaiterRegistry, clock: FakeClock) -> None:
+    """Under steady load (answered roughly in order) the deadline queue holds about as many
+    waiters as are pending, and nothing once all are answered: no memory grows with traffic."""
+    window: list[Waiter] = []
+    for i in range(10_000):
+        waiter = registry.register("s1", f"x{i}")
+        registry.bind(waiter, i + 1, ADD)
+        window.append(waiter)
+        if len(window) == 50:  # answer the window out of order, as concurrent commits do
+            for done in reversed(window):
+                registry.on_trade_event(ADD, done.order or 0, RECORD)
+                registry.remove(done)
+            window.clear()
+            assert registry.deadline_queue_length() == 0
+        assert registry.deadline_queue_length() <= 50
     assert_empty(registry, clock)

@@ -30,7 +30,7 @@ def _handler(kind: OpKind, cmd: int, sync: bool) -> Handler:
 
 def finance(cmd: int, sync: bool) -> Handler:
     """BalanceIn/Out, CreditIn/Out (and Sync): `cmd` is the ScaleTrade code, 6 to 9."""
-    return _handler(OpKind.FINANCE, cmd, sync)
+    return _handler(OpKind.FINANCE, int(cmd), sync)  # a plain int: it is stored in records
 
 
 def delete(credit: bool, sync: bool) -> Handler:

@@ -37,7 +37,7 @@ class EventSink(Protocol):
 
     def trade_event(self, event_type: int, account: Account, data_json: bytes) -> None: ...
 
-    def balance_event(self, account: Account, data_json: bytes) -> None: ...
+    def balance_event(self, account: Account) -> None: ...
 
 
 class BatchObserver(Protocol):
@@ -85,8 +85,8 @@ class MainLoop:
         log.info(
             "main_loop_started",
             accounts=len(self.state.accounts),
-            records=len(self.state.records),
-            idempotency_keys=len(self.state.keys),
+            records=self.state.record_count,
+            idempotency_keys=self.state.key_count,
             next_order=self.state.next_order,
         )
 
@@ -177,7 +177,7 @@ class MainLoop:
 
     def _apply(self, tx: Transaction, op: Operation, now: float) -> Effect | None:
         """Apply `op` to `tx`; None when it is a retry answered from its key."""
-        entry = self.state.keys.get(op.key)
+        entry = self.state.key(op.key)
         if entry is not None and entry.created_at + self._ttl_s > now:
             if entry.command != op.command or entry.digest != op.digest:
                 raise IdempotencyMismatch()
@@ -191,14 +191,15 @@ class MainLoop:
         else:
             effect = apply_add_user(tx, op, seconds, self._groups)
         order = effect.record.order if effect.record is not None else None
-        self.state.keys.pop(op.key, None)  # an expired key is re-inserted at the newest end
+        # A plain int, not the IntEnum member: the stored key must hold only untracked values.
+        event_type = int(effect.event_type) if effect.event_type is not None else None
         # Kept for the key's lifetime: copy it to its exact size, since orjson's own result
         # holds a 4 KiB buffer (measured: 4.1 KB of RSS per key instead of 350 B).
         outcome_json = bytes(memoryview(orjson.dumps(effect.outcome)))
-        entry = KeyEntry(op.command, op.digest, outcome_json, now, order, effect.event_type,
-                         committed=False)
-        self.state.keys[op.key] = entry
-        tx.new_keys.append(entry)
+        self.state.put_key(
+            op.key, KeyEntry(op.command, op.digest, outcome_json, now, order, event_type)
+        )
+        self.state.uncommitted[op.key] = []
         tx.batch.keys.append(
             IdempotencyKey(op.key[0], op.key[1], op.command, op.digest, outcome_json, now)
         )
@@ -208,8 +209,9 @@ class MainLoop:
 
     def _follow(self, entry: KeyEntry, op: Operation) -> None:
         """A retry of an applied operation: same outcome, nothing applied again."""
-        if not entry.committed:
-            entry.followers.append(op)
+        followers = self.state.uncommitted.get(op.key)
+        if followers is not None:
+            followers.append(op)
             if op.waiter is not None and entry.order is not None and entry.event_type is not None:
                 self._waiters.bind(op.waiter, entry.order, entry.event_type)
             return
@@ -236,16 +238,13 @@ class MainLoop:
         """The commit failed: nothing of `tx` happened; its keys go, its callers are told."""
         error = InternalError("the ledger could not record the operation; nothing was applied")
         for op, _ in applied:
-            entry = self.state.keys.pop(op.key, None)
-            for follower in entry.followers if entry is not None else ():
+            self.state.drop_key(op.key)
+            for follower in self.state.uncommitted.pop(op.key, ()):
                 self._reject(follower, error)
             self._reject(op, error)
 
     def _announce(self, op: Operation, effect: Effect) -> None:
-        entry = self.state.keys.get(op.key)
-        followers = entry.followers if entry is not None else []
-        if entry is not None:
-            entry.followers = []
+        followers = self.state.uncommitted.pop(op.key, ())
         if op.future is not None and not op.future.done():
             op.future.set_result(effect.outcome)
         for follower in followers:
@@ -256,15 +255,12 @@ class MainLoop:
             data_json = orjson.dumps(effect.outcome["record"])
             self._waiters.on_trade_event(effect.event_type, record.order, data_json)
             self._sink.trade_event(effect.event_type, effect.account, data_json)
-            self._sink.balance_event(effect.account, orjson.dumps(effect.account.balance_wire()))
+            self._sink.balance_event(effect.account)
 
     def _expire_keys(self, tx: Transaction, now: float) -> None:
         cutoff = now - self._ttl_s
-        for key, entry in self.state.keys.items():
-            # Keys are inserted in time order, so the first live one ends the scan.
-            if entry.created_at > cutoff:
-                break
-            if entry.committed:
+        for key in self.state.keys_created_before(cutoff):
+            if key not in self.state.uncommitted:
                 tx.batch.expired_keys.append(key)
 
     # -- reads (committed state only) --------------------------------------------------------
@@ -273,7 +269,7 @@ class MainLoop:
         return self.state.accounts.get(login)
 
     def record(self, order: int) -> FinanceRecord | None:
-        return self.state.records.get(order)
+        return self.state.record(order)
 
     def find_records(
         self, match: Callable[[FinanceRecord], bool], login: int | None

@@ -7,7 +7,7 @@ transaction is untouched then) or return an `Effect` describing what to commit a
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -28,6 +28,10 @@ from ..session.access import Access
 from ..waiters import Waiter
 from .records import ZERO, Account, FinanceRecord, RecordEvent, TradeState, is_credit
 from .state import Transaction
+
+# Plain ints go into records (see records.py: IntEnum members would keep them GC-tracked).
+CLOSED = int(TradeState.CLOSED_NORMAL)
+DELETED = int(TradeState.DELETED)
 
 
 class OpKind(Enum):
@@ -78,11 +82,11 @@ def _with_money(account: Account, credit: bool, delta: Any) -> Account:
         value = account.credit + delta
         if value < ZERO:
             raise NotEnoughCredit(f"credit of {account.login} would become {value}")
-        return replace(account, credit=value)
+        return account._replace(credit=value)
     value = account.balance + delta
     if value < ZERO:
         raise NotEnoughMoney(f"balance of {account.login} would become {value}")
-    return replace(account, balance=value)
+    return account._replace(balance=value)
 
 
 def _finance_outcome(record: FinanceRecord, ack_state: int) -> dict[str, Any]:
@@ -113,7 +117,7 @@ def apply_finance(tx: Transaction, op: Operation, now: int) -> Effect:
             raise InvalidData(f"order {existing.order} is deleted")
         updated = _with_money(account, credit, amount - existing.profit)
         record = FinanceRecord(
-            existing.order, existing.version + 1, data.login, op.cmd, TradeState.CLOSED_NORMAL,
+            existing.order, existing.version + 1, data.login, op.cmd, CLOSED,
             amount, data.comment or existing.comment,
             existing.open_time if data.open_time is None else data.open_time,
             existing.close_time if data.close_time is None else data.close_time,
@@ -123,7 +127,7 @@ def apply_finance(tx: Transaction, op: Operation, now: int) -> Effect:
     else:
         updated = _with_money(account, credit, amount)
         record = FinanceRecord(
-            tx.reserve_order(), 1, data.login, op.cmd, TradeState.CLOSED_NORMAL, amount,
+            tx.reserve_order(), 1, data.login, op.cmd, CLOSED, amount,
             data.comment or "Finance",
             now if data.open_time is None else data.open_time,
             now if data.close_time is None else data.close_time,
@@ -148,8 +152,8 @@ def apply_delete(tx: Transaction, op: Operation, now: int) -> Effect:
     if existing.is_deleted:
         raise InvalidData(f"order {existing.order} is already deleted")
     updated = _with_money(account, credit, -existing.profit)
-    record = replace(
-        existing, version=existing.version + 1, state=TradeState.DELETED, update_time=now
+    record = existing._replace(
+        version=existing.version + 1, state=DELETED, update_time=now
     )
     tx.put_account(updated)
     tx.put_record(record)

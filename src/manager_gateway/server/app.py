@@ -119,6 +119,7 @@ class Gateway:
 
     def forget(self, connection: Connection) -> None:
         self.hub.connections.discard(connection)
+        self.hub.listeners.discard(connection)
 
     async def shutdown(self) -> None:
         """Stop accepting, answer what is in flight, commit what is queued, close everything."""

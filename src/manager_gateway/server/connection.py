@@ -56,6 +56,7 @@ class Connection(asyncio.Protocol):
         self._auth_timer: Cancellable | None = None
         self._frame_timer: Cancellable | None = None
         self._partial_since = 0.0
+        self._listening = False  # registered with the hub as an event listener
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -116,7 +117,18 @@ class Connection(asyncio.Protocol):
             self._handle(frame)
             if self._closed:
                 return
+        if frames:
+            self._update_listening()
         self._watch_partial_frame(bool(frames))
+
+    def _update_listening(self) -> None:
+        """Tell the hub when this session starts or stops hearing events (a token was bound, or
+        the event channels changed); checked once per read, not per event."""
+        session = self.session
+        listening = session.access is not None and bool(session.event_channels)
+        if listening != self._listening:
+            self._listening = listening
+            self.gateway.hub.set_listening(self, listening)
 
     def _handle(self, frame: bytes) -> None:
         started = perf_counter()
