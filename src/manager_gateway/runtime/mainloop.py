@@ -40,6 +40,14 @@ class EventSink(Protocol):
     def balance_event(self, account: Account) -> None: ...
 
 
+class BatchObserver(Protocol):
+    """Told of every ledger commit (the server's metrics)."""
+
+    def batch_committed(self, operations: int, commit_s: float) -> None: ...
+
+    def commit_failed(self) -> None: ...
+
+
 class MainLoop:
     def __init__(
         self,
@@ -50,7 +58,9 @@ class MainLoop:
         groups: dict[str, GroupConfig],
         idempotency_ttl_s: int,
         max_batch: int = 4096,
+        observer: BatchObserver | None = None,
     ) -> None:
+        self._observer = observer
         self._storage = storage
         self._waiters = waiters
         self._sink = sink
@@ -146,9 +156,13 @@ class MainLoop:
             )
         except Exception as exc:
             log.error("ledger_commit_failed", error=str(exc), operations=len(applied))
+            if self._observer is not None:
+                self._observer.commit_failed()
             self._abandon(tx, applied)
             return
         commit_ms = (time.perf_counter() - commit_started) * 1000
+        if self._observer is not None:
+            self._observer.batch_committed(len(applied), commit_ms / 1000)
         self.state.apply(tx)
         for op, effect in applied:
             self._announce(op, effect)
