@@ -83,11 +83,11 @@ def _with_money(account: Account, credit: bool, delta: Any) -> Account:
         value = account.credit + delta
         if value < ZERO:
             raise NotEnoughCredit(f"credit of {account.login} would become {value}")
-        return account._replace(credit=value)
+        return account.with_money(account.balance, value)
     value = account.balance + delta
     if value < ZERO:
         raise NotEnoughMoney(f"balance of {account.login} would become {value}")
-    return account._replace(balance=value)
+    return account.with_money(value, account.credit)
 
 
 def _finance_outcome(record: FinanceRecord, ack_state: int) -> dict[str, Any]:
