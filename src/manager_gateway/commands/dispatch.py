@@ -59,9 +59,14 @@ def prepare(
     data = validate(spec.model, request.data)
     ctx = RequestContext(services, session, session_key, access, name, request.ext_id)
     if spec.changes_state:
-        # Claim this request's place in the connection's submission order now, in arrival order.
-        ctx.after, ctx.turn = session.submit_tail, asyncio.get_running_loop().create_future()
-        session.submit_tail = ctx.turn
+        tail = session.submit_tail
+        # A deferred handler with nothing ahead of it submits before control returns to the
+        # loop, so nothing behind it can overtake it: it needs no place in the order.
+        if not spec.deferred or (tail is not None and not tail.done()):
+            # Claim this request's place in the connection's submission order now, in arrival
+            # order: it submits after `tail`, and what comes next submits after it.
+            ctx.after, ctx.turn = tail, asyncio.get_running_loop().create_future()
+            session.submit_tail = ctx.turn
     return Prepared(spec, ctx, data)
 
 
