@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
 from manager_gateway.session.access import SessionType
@@ -179,4 +182,18 @@ def test_serve_with_a_missing_config_file_exits_with_a_message(tmp_path: Path) -
     )
     assert done.returncode == 2
     assert "manager-gateway: config file not found: missing.toml" in done.stderr.splitlines()
+    assert "listening" not in done.stdout
+
+
+def test_serve_with_the_metrics_port_taken_exits_with_a_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GATEWAY_METRICS_PORT reaches `serve`; a port in use there is a start-up error (exit 2)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("GATEWAY_METRICS_PORT", str(taken.getsockname()[1]))
+        done = cli("serve", "--data-dir", tmp_path / "data", "--port", "0", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Address already in use" in done.stderr
     assert "listening" not in done.stdout

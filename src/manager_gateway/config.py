@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     jwt_secret: str | None = None
     groups: tuple[GroupConfig, ...] = DEFAULT_GROUPS
 
+    # Prometheus metrics over HTTP; 0 = off. Not an API port: keep it off the public network.
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    metrics_host: str = "127.0.0.1"
+
     # Logs.
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

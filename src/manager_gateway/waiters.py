@@ -53,6 +53,10 @@ class WaiterRegistry:
         # come roughly in order, the queue stays about as long as the number pending.
         self._deadlines: deque[Waiter] = deque()
         self._timer: Cancellable | None = None
+        # Running counts as plain ints, so the metrics thread reads them without iterating the
+        # dicts above while the loop changes them. `pending` always equals `pending_count()`.
+        self.pending = 0
+        self.timeouts = 0
 
     def register(self, session: Hashable, ext_id: str) -> Waiter:
         """A new waiter whose timeout starts now."""
@@ -62,6 +66,7 @@ class WaiterRegistry:
         if self._timer is None:
             self._timer = self._clock.call_later(self._timeout_s, self._expire_due)
         self._by_session.setdefault(session, set()).add(waiter)
+        self.pending += 1
         return waiter
 
     def _expire_due(self) -> None:
@@ -110,6 +115,8 @@ class WaiterRegistry:
             waiter.future.set_exception(error)
 
     def _expire(self, waiter: Waiter) -> None:
+        if not waiter.future.done():  # not already settled by an event that beat the timer
+            self.timeouts += 1
         data = {"order": waiter.order} if waiter.order is not None else None
         self.reject(waiter, SyncTimeout(data=data))
 
@@ -118,6 +125,7 @@ class WaiterRegistry:
         if waiter.removed:
             return
         waiter.removed = True
+        self.pending -= 1
         deadlines = self._deadlines
         while deadlines and deadlines[0].removed:
             deadlines.popleft()

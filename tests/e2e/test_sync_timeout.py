@@ -160,7 +160,7 @@ async def test_timeouts_under_a_stall_leave_nothing_pending(make_gateway: Gatewa
     assert len(set(orders)) == len(orders) >= 1
     ledger(gw).release()
     runtime = gw.gateway.runtime
-    await wait_until(probe, lambda: len(runtime.state.records) == 5)
+    await wait_until(probe, lambda: runtime.state.record_count == 5)
     for order in orders:
         assert (await probe.ok("GetTradeByOrder", {"order": order}))["order"] == order
     assert await money(probe) == (0.0, 15.0)

@@ -315,3 +315,28 @@ def test_hears_nothing_on_removed_channel(tokens: TokenService) -> None:
     assert not session.hears(BALANCE_EVENT, NOW)
     session.event_channels.add(TRADE_EVENT)
     assert session.hears(TRADE_EVENT, NOW)
+
+
+def test_session_counts_follow_the_bound_token_type(tokens: TokenService) -> None:
+    """Shared counts by session type move as tokens bind, rebind to another type, and close."""
+    counts = [0] * len(SessionType)
+    first, second = Session(counts), Session(counts)
+    first.authenticate(issue(tokens, SessionType.MANAGER, "1"), tokens, NOW)
+    manager_token = first.token
+    second.authenticate(issue(tokens, SessionType.ADMIN, "2"), tokens, NOW)
+    assert counts == [0, 1, 0, 1, 0, 0]
+    first.authenticate(manager_token, tokens, NOW)  # the bound token again: no change
+    first.authenticate(None, tokens, NOW)
+    with pytest.raises(InvalidToken):
+        first.authenticate("not-a-token", tokens, NOW)  # refused: the bound token stays
+    assert counts == [0, 1, 0, 1, 0, 0]
+    first.authenticate(issue(tokens, SessionType.DEALER, "1"), tokens, NOW)
+    assert counts == [0, 0, 1, 1, 0, 0]
+    first.close()
+    first.close()
+    assert counts == [0, 0, 0, 1, 0, 0]
+    unbound = Session(counts)
+    unbound.close()
+    second.close()
+    assert counts == [0] * len(SessionType)
+    assert first.closed and second.closed and unbound.closed

@@ -174,3 +174,25 @@ def test_example_file_equals_defaults() -> None:
     loaded = load_settings(EXAMPLE)
     assert loaded.model_dump() == Settings().model_dump()
     assert loaded.model_dump() == load_settings().model_dump()
+
+
+def test_metrics_off_by_default() -> None:
+    """With nothing configured the metrics endpoint is off (port 0) and would bind loopback."""
+    settings = load_settings()
+    assert (settings.metrics_port, settings.metrics_host) == (0, "127.0.0.1")
+
+
+def test_metrics_port_from_env_and_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """GATEWAY_METRICS_PORT sets metrics_port; metrics_port in the TOML file wins over it."""
+    monkeypatch.setenv("GATEWAY_METRICS_PORT", "9464")
+    monkeypatch.setenv("GATEWAY_METRICS_HOST", "0.0.0.0")
+    assert (load_settings().metrics_port, load_settings().metrics_host) == (9464, "0.0.0.0")
+    path = write_toml(tmp_path, "metrics_port = 9100\n")
+    assert load_settings(path).metrics_port == 9100
+
+
+@pytest.mark.parametrize("port", [-1, 65536, 100_000])
+def test_metrics_port_out_of_range_is_error(port: int) -> None:
+    """A metrics_port outside 0..65535 is refused and named."""
+    with pytest.raises(pydantic.ValidationError, match="metrics_port"):
+        load_settings(None, metrics_port=port)

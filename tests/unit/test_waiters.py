@@ -30,6 +30,7 @@ def registry(clock: FakeClock) -> WaiterRegistry:
 
 def assert_empty(registry: WaiterRegistry, clock: FakeClock) -> None:
     assert registry.pending_count() == 0
+    assert registry.pending == 0
     assert registry.bound_count() == 0
     assert clock.pending_timers() == 0
 
@@ -357,6 +358,45 @@ async def test_handler_pattern_every_path(registry: WaiterRegistry, clock: FakeC
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert_empty(registry, clock)
+
+
+async def test_pending_running_count_follows_every_path(
+    registry: WaiterRegistry, clock: FakeClock
+) -> None:
+    """`pending` (read by the metrics thread) equals pending_count() after every change."""
+    a1, a2 = registry.register("a", "1"), registry.register("a", "2")
+    b1, c1 = registry.register("b", "1"), registry.register("c", "1")
+    assert registry.pending == registry.pending_count() == 4
+    registry.remove(a1)
+    registry.remove(a1)  # a second remove must not count twice
+    assert registry.pending == registry.pending_count() == 3
+    registry.fail_session("a")
+    assert registry.pending == registry.pending_count() == 2
+    clock.advance(TIMEOUT_S)  # timing out settles, the handler's remove() forgets
+    assert registry.pending == registry.pending_count() == 2
+    registry.remove(b1)
+    assert registry.pending == registry.pending_count() == 1
+    registry.fail_all(ShuttingDown())
+    assert a2.future.done() and c1.future.done()
+    assert_empty(registry, clock)
+
+
+async def test_timeouts_counts_only_waiters_the_timer_settled(
+    registry: WaiterRegistry, clock: FakeClock
+) -> None:
+    """`timeouts` counts a waiter its timer answered 504, not one an event or rejection beat."""
+    expired = registry.register("s1", "late")
+    answered = registry.register("s1", "answered")
+    registry.bind(answered, 7, ADD)
+    registry.on_trade_event(ADD, 7, RECORD)
+    rejected = registry.register("s1", "rejected")
+    registry.reject(rejected, ShuttingDown())
+    clock.advance(TIMEOUT_S)  # all three timers fire: none was removed yet
+    assert isinstance(expired.future.exception(), SyncTimeout)
+    assert registry.timeouts == 1
+    for waiter in (expired, answered, rejected):
+        registry.remove(waiter)
     assert_empty(registry, clock)
 
 

@@ -15,8 +15,8 @@ from .context import RequestContext
 async def add_user(ctx: RequestContext, data: AddUserData) -> dict[str, Any]:
     # Hashing is slow by design; it runs off the event loop so other sessions are not stalled.
     password_hash = await asyncio.to_thread(hash_password, data.password)
-    outcome = await ctx.run(ctx.operation(OpKind.ADD_USER, data, password_hash=password_hash))
-    user: dict[str, Any] = outcome["user"]
+    op = ctx.operation(OpKind.ADD_USER, data, password_hash=password_hash, answer="user")
+    user: dict[str, Any] = await ctx.start(op)
     return user
 
 

@@ -1,8 +1,9 @@
 """From a parsed envelope to a response frame: lookup, authentication, role, validation, handler.
 
 `prepare` does every check synchronously, in arrival order. Plain-function handlers (reads,
-subscriptions) then answer at once (`answer_now`); coroutine handlers (anything that goes through
-the main loop) run as a task (`answer_later`) so a held Sync request blocks nothing behind it.
+subscriptions) then answer at once (`answer_now`); deferred handlers (finance) return the future
+of their answer (`answer_deferred`), and coroutine handlers (AddUser) run as a task
+(`answer_later`), so a held Sync request blocks nothing behind it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..protocol.errors import PermissionDenied, UnknownCommand
 from ..protocol.models import CommandData, validate
 from ..session.session import Session
 from ..session.tokens import TokenService
-from .context import RawJson, RequestContext, Services
+from .context import RequestContext, Services
 from .registry import COMMANDS, HEALTH_CHECK, CommandSpec
 from .subscriptions import health_check
 
@@ -32,7 +33,7 @@ class Prepared:
 
     @property
     def is_immediate(self) -> bool:
-        return not self.spec.is_async
+        return not (self.spec.is_async or self.spec.deferred)
 
 
 def prepare(
@@ -58,21 +59,38 @@ def prepare(
     data = validate(spec.model, request.data)
     ctx = RequestContext(services, session, session_key, access, name, request.ext_id)
     if spec.changes_state:
-        # Claim this request's place in the connection's submission order now, in arrival order.
-        ctx.after, ctx.turn = session.submit_tail, asyncio.get_running_loop().create_future()
-        session.submit_tail = ctx.turn
+        tail = session.submit_tail
+        # A deferred handler with nothing ahead of it submits before control returns to the
+        # loop, so nothing behind it can overtake it: it needs no place in the order.
+        if not spec.deferred or (tail is not None and not tail.done()):
+            # Claim this request's place in the connection's submission order now, in arrival
+            # order: it submits after `tail`, and what comes next submits after it.
+            ctx.after, ctx.turn = tail, asyncio.get_running_loop().create_future()
+            session.submit_tail = ctx.turn
     return Prepared(spec, ctx, data)
 
 
-def _frame(ext_id: str, result: Any) -> bytes:
-    if isinstance(result, RawJson):
-        return encode_ok_raw(ext_id, result.data)
+def success_frame(ext_id: str, result: Any) -> bytes:
+    """The 200 frame for a handler's result: a dict, or `data` already encoded (Sync answers
+    reuse the trade event's bytes)."""
+    if isinstance(result, bytes):
+        return encode_ok_raw(ext_id, result)
     return encode_ok(ext_id, result)
 
 
 def answer_now(prepared: Prepared) -> bytes:
     """Run a plain-function handler; its success frame."""
-    return _frame(prepared.ctx.ext_id, prepared.spec.handler(prepared.ctx, prepared.data))
+    return success_frame(prepared.ctx.ext_id, prepared.spec.handler(prepared.ctx, prepared.data))
+
+
+def answer_deferred(prepared: Prepared) -> asyncio.Future[Any]:
+    """Run a deferred handler; the future of its result (see `success_frame`)."""
+    try:
+        future: asyncio.Future[Any] = prepared.spec.handler(prepared.ctx, prepared.data)
+    except BaseException:
+        prepared.ctx.release_turn()  # refused before submitting: let the next request go
+        raise
+    return future
 
 
 async def answer_later(prepared: Prepared) -> bytes:
@@ -82,4 +100,4 @@ async def answer_later(prepared: Prepared) -> bytes:
         result = await prepared.spec.handler(ctx, prepared.data)
     finally:
         ctx.release_turn()
-    return _frame(ctx.ext_id, result)
+    return success_frame(ctx.ext_id, result)

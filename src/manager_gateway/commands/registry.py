@@ -35,12 +35,17 @@ Handler = Callable[[Any, Any], Any]  # returns the answer's data, or an awaitabl
 
 @dataclass(frozen=True, slots=True)
 class CommandSpec:
+    """A command's row. Handlers come in three shapes: a plain function answers at once (reads,
+    subscriptions); a `deferred` one returns the future of its answer (finance: the main loop or
+    the Sync waiter settles it, and no task is made per request, which costs more than the rest
+    of the dispatch); a coroutine function runs as a task (AddUser, which must hash first)."""
+
     model: type[CommandData]
     handler: Handler
     roles: frozenset[SessionType]
     changes_state: bool = False
-    #: Coroutine handlers wait for the main loop; plain ones answer at once. Derived once here,
-    #: not per request.
+    deferred: bool = False
+    #: Derived once here, not per request.
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -55,11 +60,17 @@ def _finance_rows() -> dict[str, CommandSpec]:
         ("CreditIn", CreditInData, Cmd.CREDIT_IN),
         ("CreditOut", CreditOutData, Cmd.CREDIT_OUT),
     ):
-        rows[name] = CommandSpec(model, finance.finance(cmd, sync=False), STAFF, True)
-        rows[name + "Sync"] = CommandSpec(model, finance.finance(cmd, sync=True), STAFF, True)
+        rows[name] = CommandSpec(model, finance.finance(cmd, sync=False), STAFF, True, True)
+        rows[name + "Sync"] = CommandSpec(
+            model, finance.finance(cmd, sync=True), STAFF, True, True
+        )
     for name, credit in (("DeleteBalance", False), ("DeleteCredit", True)):
-        rows[name] = CommandSpec(OrderData, finance.delete(credit, sync=False), STAFF, True)
-        rows[name + "Sync"] = CommandSpec(OrderData, finance.delete(credit, sync=True), STAFF, True)
+        rows[name] = CommandSpec(
+            OrderData, finance.delete(credit, sync=False), STAFF, True, True
+        )
+        rows[name + "Sync"] = CommandSpec(
+            OrderData, finance.delete(credit, sync=True), STAFF, True, True
+        )
     return rows
 
 

@@ -38,26 +38,29 @@ class FrameDecoder:
         then unusable, as the connection is closed.
         """
         buffer = self._buffer
-        start = len(buffer)
-        buffer += data
+        if b"\n" not in data:  # the middle of a frame: just keep it
+            buffer += data
+            self._check_partial()
+            return []
+        if buffer:
+            buffer += data
+            data = bytes(buffer)
+        *lines, rest = data.split(b"\n")
         frames: list[bytes] = []
-        pos = 0
-        # Only the new bytes can hold a terminator we have not seen yet.
-        search_from = start
-        while True:
-            nl = buffer.find(b"\n", search_from)
-            if nl < 0:
-                break
-            end = nl - 1 if nl > pos and buffer[nl - 1] == 0x0D else nl
-            if end - pos > self._max:
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if len(line) > self._max:
                 raise FrameTooLarge(completed=frames)
-            if end > pos and not (buffer[pos] in _BLANK and buffer[pos:end].isspace()):
-                frames.append(bytes(buffer[pos:end]))
-            pos = search_from = nl + 1
-        if pos:
-            del buffer[:pos]
+            if line and not (line[0] in _BLANK and line.isspace()):
+                frames.append(line)
+        self._buffer = bytearray(rest)
+        self._check_partial()
+        return frames
+
+    def _check_partial(self) -> None:
         # One byte over is allowed only when it is a '\r' that may be half of the terminator.
+        buffer = self._buffer
         excess = len(buffer) - self._max
         if excess > 1 or (excess == 1 and buffer[-1] != 0x0D):
-            raise FrameTooLarge(completed=frames)
-        return frames
+            raise FrameTooLarge(completed=[])

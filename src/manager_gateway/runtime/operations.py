@@ -7,7 +7,7 @@ transaction is untouched then) or return an `Effect` describing what to commit a
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -29,6 +29,10 @@ from ..waiters import Waiter
 from .records import ZERO, Account, FinanceRecord, RecordEvent, TradeState, is_credit
 from .state import Transaction
 
+# Plain ints go into records (see records.py: IntEnum members would keep them GC-tracked).
+CLOSED = int(TradeState.CLOSED_NORMAL)
+DELETED = int(TradeState.DELETED)
+
 
 class OpKind(Enum):
     FINANCE = "finance"
@@ -39,7 +43,7 @@ class OpKind(Enum):
 @dataclass(slots=True, eq=False)
 class Operation:
     """A request for the main loop. Exactly one of `future` (async form) or `waiter` (Sync) is set;
-    the main loop settles it with the outcome dict or a `GatewayError`."""
+    the main loop settles it with `outcome[answer]` or a `GatewayError`."""
 
     kind: OpKind
     command: str
@@ -49,6 +53,7 @@ class Operation:
     digest: str
     cmd: int = 0  # finance: the command's own cmd; delete: 1 for credit, 0 for balance
     password_hash: str = ""
+    answer: str = "ack"  # the part of the outcome `future` is settled with
     future: asyncio.Future[dict[str, Any]] | None = None
     waiter: Waiter | None = None
 
@@ -78,11 +83,11 @@ def _with_money(account: Account, credit: bool, delta: Any) -> Account:
         value = account.credit + delta
         if value < ZERO:
             raise NotEnoughCredit(f"credit of {account.login} would become {value}")
-        return replace(account, credit=value)
+        return account.with_money(account.balance, value)
     value = account.balance + delta
     if value < ZERO:
         raise NotEnoughMoney(f"balance of {account.login} would become {value}")
-    return replace(account, balance=value)
+    return account.with_money(value, account.credit)
 
 
 def _finance_outcome(record: FinanceRecord, ack_state: int) -> dict[str, Any]:
@@ -113,7 +118,7 @@ def apply_finance(tx: Transaction, op: Operation, now: int) -> Effect:
             raise InvalidData(f"order {existing.order} is deleted")
         updated = _with_money(account, credit, amount - existing.profit)
         record = FinanceRecord(
-            existing.order, existing.version + 1, data.login, op.cmd, TradeState.CLOSED_NORMAL,
+            existing.order, existing.version + 1, data.login, op.cmd, CLOSED,
             amount, data.comment or existing.comment,
             existing.open_time if data.open_time is None else data.open_time,
             existing.close_time if data.close_time is None else data.close_time,
@@ -123,7 +128,7 @@ def apply_finance(tx: Transaction, op: Operation, now: int) -> Effect:
     else:
         updated = _with_money(account, credit, amount)
         record = FinanceRecord(
-            tx.reserve_order(), 1, data.login, op.cmd, TradeState.CLOSED_NORMAL, amount,
+            tx.reserve_order(), 1, data.login, op.cmd, CLOSED, amount,
             data.comment or "Finance",
             now if data.open_time is None else data.open_time,
             now if data.close_time is None else data.close_time,
@@ -148,8 +153,8 @@ def apply_delete(tx: Transaction, op: Operation, now: int) -> Effect:
     if existing.is_deleted:
         raise InvalidData(f"order {existing.order} is already deleted")
     updated = _with_money(account, credit, -existing.profit)
-    record = replace(
-        existing, version=existing.version + 1, state=TradeState.DELETED, update_time=now
+    record = existing._replace(
+        version=existing.version + 1, state=DELETED, update_time=now
     )
     tx.put_account(updated)
     tx.put_record(record)

@@ -8,8 +8,7 @@ failed commit just drops the overlay, so nothing half-applied is ever visible.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -20,9 +19,9 @@ if TYPE_CHECKING:
     from .operations import Operation
 
 
-@dataclass(slots=True)
-class KeyEntry:
-    """An idempotency key held in memory; `followers` are duplicates waiting for its commit."""
+class KeyEntry(NamedTuple):
+    """An idempotency key held in memory (a NamedTuple of plain values, so the garbage collector
+    untracks it: see records.py)."""
 
     command: str
     digest: str
@@ -30,8 +29,6 @@ class KeyEntry:
     created_at: float
     order: int | None
     event_type: int | None
-    committed: bool
-    followers: list[Operation] = field(default_factory=list)
 
 
 class State:
@@ -39,33 +36,73 @@ class State:
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.accounts: dict[int, Account] = snapshot.accounts
+        # Records and keys are held as exact tuples, the one kind of object the garbage collector
+        # stops tracking once it has seen that everything inside is atomic (NamedTuples and
+        # slotted classes stay tracked). There is one of each per operation, so as tracked
+        # objects they made every full collection walk the whole ledger: pauses of 100 ms and
+        # more. Reads wrap them back into their NamedTuple on the way out.
         # Orders grow monotonically and dicts keep insertion order, so iterating backwards is
         # newest first without sorting.
-        self.records: dict[int, FinanceRecord] = snapshot.records
+        self._records: dict[int, tuple[Any, ...]] = {
+            order: tuple(record) for order, record in snapshot.records.items()
+        }
         self.orders_by_login: dict[int, list[int]] = {}
-        for order, record in self.records.items():
+        for order, record in snapshot.records.items():
             self.orders_by_login.setdefault(record.login, []).append(order)
-        self.keys: dict[tuple[str, str], KeyEntry] = {
-            (k.subject, k.ext_id): KeyEntry(
+        self._keys: dict[tuple[str, str], tuple[Any, ...]] = {
+            (k.subject, k.ext_id): (
                 k.command, k.digest, k.outcome_json, k.created_at,
-                orjson.loads(k.outcome_json).get("order"), None, committed=True,
+                orjson.loads(k.outcome_json).get("order"), None,
             )
             for k in snapshot.keys
         }
+        # Keys applied in the batch being committed, with the retries that arrived meanwhile and
+        # wait for its outcome. A key in `_keys` but not here is committed.
+        self.uncommitted: dict[tuple[str, str], list[Operation]] = {}
         self.next_order = snapshot.next_order
         self.next_login = snapshot.next_login
+
+    def record(self, order: int) -> FinanceRecord | None:
+        row = self._records.get(order)
+        return None if row is None else FinanceRecord._make(row)
+
+    @property
+    def record_count(self) -> int:
+        return len(self._records)
+
+    def key(self, key: tuple[str, str]) -> KeyEntry | None:
+        row = self._keys.get(key)
+        return None if row is None else KeyEntry._make(row)
+
+    def put_key(self, key: tuple[str, str], entry: KeyEntry) -> None:
+        """Insert or renew `key` at the newest end (an expired key applied again moves there)."""
+        self._keys.pop(key, None)
+        self._keys[key] = tuple(entry)
+
+    def drop_key(self, key: tuple[str, str]) -> None:
+        self._keys.pop(key, None)
+
+    @property
+    def key_count(self) -> int:
+        return len(self._keys)
+
+    def keys_created_before(self, cutoff: float) -> Iterator[tuple[str, str]]:
+        """Keys older than `cutoff`, oldest first."""
+        for key, row in self._keys.items():
+            if row[3] > cutoff:  # created_at; keys are in time order, so the first live one ends
+                return
+            yield key
 
     def apply(self, tx: Transaction) -> None:
         """Publish a durably committed transaction."""
         self.accounts.update(tx.accounts)
+        records = self._records
         for record in tx.batch.records:
-            if record.order not in self.records:
+            if record.order not in records:
                 self.orders_by_login.setdefault(record.login, []).append(record.order)
-            self.records[record.order] = record
+            records[record.order] = tuple(record)
         for key in tx.batch.expired_keys:
-            self.keys.pop(key, None)
-        for entry in tx.new_keys:
-            entry.committed = True
+            self._keys.pop(key, None)
         self.next_order, self.next_login = tx.batch.next_order, tx.batch.next_login
 
     def find_records(
@@ -76,10 +113,11 @@ class State:
         """Current records, newest first, that `match` accepts (optionally of one login)."""
         orders = (
             reversed(self.orders_by_login.get(login, [])) if login is not None
-            else reversed(self.records)
+            else reversed(self._records)
         )
+        make = FinanceRecord._make
         for order in orders:
-            record = self.records[order]
+            record = make(self._records[order])
             if match(record):
                 yield record
 
@@ -91,7 +129,6 @@ class Transaction:
         self._state = state
         self.accounts: dict[int, Account] = {}
         self.records: dict[int, FinanceRecord] = {}
-        self.new_keys: list[KeyEntry] = []
         self.batch = Batch(
             accounts=self.accounts, next_order=state.next_order, next_login=state.next_login
         )
@@ -100,7 +137,7 @@ class Transaction:
         return self.accounts.get(login) or self._state.accounts.get(login)
 
     def record(self, order: int) -> FinanceRecord | None:
-        return self.records.get(order) or self._state.records.get(order)
+        return self.records.get(order) or self._state.record(order)
 
     def put_account(self, account: Account) -> None:
         self.accounts[account.login] = account

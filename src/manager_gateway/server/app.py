@@ -24,6 +24,7 @@ from ..session.tokens import TokenService, load_or_create_secret
 from ..waiters import WaiterRegistry
 from .connection import Connection
 from .hub import EventHub
+from .metrics import Metrics, MetricsServer
 
 log = structlog.get_logger("manager_gateway.server")
 
@@ -50,11 +51,12 @@ class Gateway:
         self.tokens = TokenService(secret)
         self.storage: Storage = storage or SQLiteLedger(data_dir, settings.ledger_synchronous)
         self.waiters = WaiterRegistry(self.clock, settings.sync_timeout_ms)
-        self.hub = EventHub(self.clock)
+        self.metrics = Metrics()
+        self.hub = EventHub(self.clock, self.metrics)
         groups = settings.groups_by_name()
         self.runtime = MainLoop(
             self.storage, self.waiters, self.hub, self.clock, groups,
-            settings.idempotency_ttl_s, settings.max_batch,
+            settings.idempotency_ttl_s, settings.max_batch, observer=self.metrics,
         )
         self.services = Services(
             self.runtime, self.waiters, self.clock, groups,
@@ -64,6 +66,8 @@ class Gateway:
         self.slow_consumer_disconnects = 0
         self._server: asyncio.Server | None = None
         self.port = 0
+        self.metrics.watch(self)
+        self.metrics_server: MetricsServer | None = None
 
     @property
     def connections(self) -> set[Connection]:
@@ -81,13 +85,20 @@ class Gateway:
                 backlog=1024,
                 reuse_address=True,
             )
+            if self.settings.metrics_port:
+                self.metrics_server = MetricsServer(
+                    self.metrics.registry, self.settings.metrics_host, self.settings.metrics_port
+                )
         except BaseException:
-            await self.runtime.stop()  # e.g. the port is taken: close the ledger cleanly
+            if self._server is not None:
+                self._server.close()
+            await self.runtime.stop()  # e.g. a port is taken: close the ledger cleanly
             raise
         self.port = self._server.sockets[0].getsockname()[1]
         log.info(
             "gateway_listening", host=self.settings.host, port=self.port,
             data_dir=str(self.settings.data_dir), tls=self.settings.tls_cert_file is not None,
+            metrics_port=self.metrics_server.port if self.metrics_server else None,
         )
 
     def _tls(self) -> ssl.SSLContext | None:
@@ -100,7 +111,9 @@ class Gateway:
 
     def admit(self, connection: Connection) -> bool:
         if len(self.hub.connections) >= self.settings.max_connections or self.draining:
+            self.metrics.connections_refused += 1
             return False
+        self.metrics.connections_accepted += 1
         self.hub.connections.add(connection)
         return True
 
@@ -129,4 +142,6 @@ class Gateway:
             connection.close("shutdown")
         if self._server is not None:
             await self._server.wait_closed()
+        if self.metrics_server is not None:  # last: a scrape can watch the drain to the end
+            await self.metrics_server.close()
         log.info("gateway_stopped")

@@ -1,8 +1,9 @@
 """One client connection: bytes in, frames out, its session, timers and flow control.
 
 The read path is feed-then-handle. Reads are answered as their frame is handled; requests that go
-through the main loop run as tasks, so a Sync request held open never blocks the requests behind
-it. Answers and events are queued and written once per loop turn.
+through the main loop are answered when their future settles (finance) or their task ends
+(AddUser), so a Sync request held open never blocks the requests behind it. Answers and events
+are queued and written once per loop turn.
 """
 
 from __future__ import annotations
@@ -10,12 +11,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
-from typing import TYPE_CHECKING, cast
+from functools import partial
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
 from ..clock import Cancellable
-from ..commands.dispatch import Prepared, answer_later, answer_now, prepare
+from ..commands.dispatch import (
+    Prepared,
+    answer_deferred,
+    answer_later,
+    answer_now,
+    prepare,
+    success_frame,
+)
 from ..protocol.codec import Envelope, EnvelopeError, encode_error, parse_request
 from ..protocol.errors import (
     FrameTooLarge,
@@ -42,10 +52,12 @@ class Connection(asyncio.Protocol):
         self.gateway = gateway
         self.settings = gateway.settings
         self.conn_id = next(_ids)
-        self.session = Session()
+        self.metrics = gateway.metrics
+        self.session = Session(self.metrics.sessions_by_type)
         self.decoder = FrameDecoder(self.settings.max_frame_bytes)
         self.transport: asyncio.Transport | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
+        # Requests waiting for the main loop: tasks (AddUser) and deferred handlers' futures.
+        self.tasks: set[asyncio.Future[Any]] = set()
         self.log = log
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -83,7 +95,7 @@ class Connection(asyncio.Protocol):
                 timer.cancel()
         # Requests already received still reach the main loop (their tasks are not cancelled):
         # a closed connection loses its answers, never its operations. Sync waiters go now.
-        self.session.closed = True
+        self.session.close()
         self.gateway.waiters.fail_session(self)
         self.gateway.forget(self)
         self.log.info("connection_closed", error=str(exc) if exc else None)
@@ -108,6 +120,7 @@ class Connection(asyncio.Protocol):
             for frame in error.completed:  # the frames before the oversized one still count
                 self._handle(frame)
             self.send(encode_error(error, None))
+            self.metrics.invalid_frame(error.status, perf_counter())
             self.close("frame_too_large")
             return
         for frame in frames:
@@ -128,11 +141,13 @@ class Connection(asyncio.Protocol):
             self.gateway.hub.set_listening(self, listening)
 
     def _handle(self, frame: bytes) -> None:
+        started = perf_counter()
         try:
             request = parse_request(frame)
         except EnvelopeError as exc:
             self.log.info("request_rejected", error=exc.error.code, message=exc.error.message)
             self.send(encode_error(exc.error, exc.ext_id))
+            self.metrics.invalid_frame(exc.error.status, started)
             return
         try:
             if self.gateway.draining:
@@ -143,35 +158,67 @@ class Connection(asyncio.Protocol):
             )
             if isinstance(prepared, bytes):
                 self.send(prepared)
+                self.metrics.request(request.command, 200, started)
             elif prepared.is_immediate:
                 self.send(answer_now(prepared))
+                self.metrics.request(request.command, 200, started)
             elif len(self.tasks) >= self.settings.max_inflight:
                 prepared.ctx.release_turn()
                 raise TooManyRequests()
+            elif prepared.spec.deferred:
+                future = answer_deferred(prepared)
+                self.tasks.add(future)
+                future.add_done_callback(partial(self._deferred_done, request, started))
             else:
-                task = asyncio.get_running_loop().create_task(self._run(request, prepared))
+                task = asyncio.get_running_loop().create_task(self._run(request, prepared, started))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
         except GatewayError as error:
-            self._refused(request, error)
+            self._refused(request, error, started)
+        except SessionGone:
+            pass
         except Exception:
             self.log.exception("request_failed", ext_id=request.ext_id, command=request.command)
             self.send(encode_error(InternalError(), request.ext_id))
+            self.metrics.request(request.command, 500, started)
 
-    async def _run(self, request: Envelope, prepared: Prepared) -> None:
+    async def _run(self, request: Envelope, prepared: Prepared, started: float) -> None:
         try:
             frame = await answer_later(prepared)
         except GatewayError as error:
-            self._refused(request, error)
+            self._refused(request, error, started)
             return
         except SessionGone:
             return
         except Exception:
             self.log.exception("request_failed", ext_id=request.ext_id, command=request.command)
-            frame = encode_error(InternalError(), request.ext_id)
+            self.send(encode_error(InternalError(), request.ext_id))
+            self.metrics.request(request.command, 500, started)
+            return
         self.send(frame)
+        self.metrics.request(request.command, 200, started)
 
-    def _refused(self, request: Envelope, error: GatewayError) -> None:
+    def _deferred_done(
+        self, request: Envelope, started: float, future: asyncio.Future[Any]
+    ) -> None:
+        self.tasks.discard(future)
+        if future.cancelled():  # its waiter was dropped with the session: no one to answer
+            return
+        error = future.exception()
+        if error is None:
+            self.send(success_frame(request.ext_id, future.result()))
+            self.metrics.request(request.command, 200, started)
+        elif isinstance(error, GatewayError):
+            self._refused(request, error, started)
+        elif not isinstance(error, SessionGone):
+            self.log.error(
+                "request_failed", ext_id=request.ext_id, command=request.command,
+                exc_info=error,
+            )
+            self.send(encode_error(InternalError(), request.ext_id))
+            self.metrics.request(request.command, 500, started)
+
+    def _refused(self, request: Envelope, error: GatewayError, started: float) -> None:
         access = self.session.access
         self.log.info(
             "sync_timeout" if isinstance(error, SyncTimeout) else "command_rejected",
@@ -180,6 +227,7 @@ class Connection(asyncio.Protocol):
             status=error.status, error=error.code, message=error.message, data=error.data,
         )
         self.send(encode_error(error, request.ext_id))
+        self.metrics.request(request.command, error.status, started)
         if (
             isinstance(error, InvalidToken)
             and self.session.auth_failures >= self.settings.max_auth_failures

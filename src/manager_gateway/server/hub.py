@@ -16,6 +16,7 @@ from ..clock import Clock
 from ..protocol.codec import encode_event
 from ..runtime.records import Account
 from ..session.session import BALANCE_EVENT, TRADE_EVENT
+from .metrics import Metrics
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -24,8 +25,9 @@ if TYPE_CHECKING:
 class EventHub:
     """Implements the main loop's `EventSink` over the set of live connections."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, metrics: Metrics) -> None:
         self._clock = clock
+        self._pushed = metrics.events_pushed
         self.connections: set[Connection] = set()
         self.listeners: set[Connection] = set()  # the connections `_fan_out` walks
 
@@ -47,6 +49,7 @@ class EventHub:
 
     def _fan_out(self, channel: str, login: int, group: str, frame: bytes) -> None:
         now = self._clock.wall()
+        queued = 0
         for connection in self.listeners:
             session = connection.session
             access = session.access
@@ -54,3 +57,5 @@ class EventHub:
                 login, group
             ):
                 connection.send(frame)
+                queued += 1
+        self._pushed[channel] += queued

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from ..protocol.errors import InvalidToken
-from .access import Access
+from .access import Access, SessionType
 from .tokens import TokenService
 
 TRADE_EVENT = "trade:event"
@@ -18,10 +18,10 @@ class Session:
 
     __slots__ = (
         "access", "auth_failures", "closed", "event_channels", "submit_tail", "subscribe_all",
-        "symbols", "token",
+        "symbols", "token", "type_counts",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, type_counts: list[int] | None = None) -> None:
         self.token: str | None = None
         self.access: Access | None = None
         self.auth_failures = 0
@@ -32,6 +32,9 @@ class Session:
         self.subscribe_all = False
         # The last state-changing request's "has reached the main loop" future (commands.context).
         self.submit_tail: asyncio.Future[None] | None = None
+        # Open sessions by the type of their bound token (the server's metrics), indexed by
+        # SessionType; plain ints, so a metrics thread may read them.
+        self.type_counts = type_counts if type_counts is not None else [0] * len(SessionType)
 
     @property
     def ever_authenticated(self) -> bool:
@@ -53,12 +56,28 @@ class Session:
                     raise InvalidToken("token expired")
             else:
                 access = tokens.verify(presented, now)
+                self._count(access)
                 self.token, self.access = str(presented), access  # verify() took only a str
         except InvalidToken:
             self.auth_failures += 1
             raise
         self.auth_failures = 0
         return access
+
+    def close(self) -> None:
+        """The connection is gone: nothing more can be sent to this session."""
+        if not self.closed:
+            self._count(None)
+            self.closed = True
+
+    def _count(self, access: Access | None) -> None:
+        """Move this session's count from its bound token's type to `access`'s."""
+        if self.closed:
+            return
+        if self.access is not None:
+            self.type_counts[self.access.type] -= 1
+        if access is not None:
+            self.type_counts[access.type] += 1
 
     def hears(self, channel: str, now: float) -> bool:
         """Does this session receive pushed `channel` events right now?"""
