@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -35,7 +37,13 @@ from .loadgen import LoadError, LoadResult, LoadSpec, run_load
 from .machine import machine_info
 from .monitor import free_port
 from .pending import PendingSpec, prepare_accounts, run_pending
-from .processes import GatewayProcess, ProcessError, start_baseline, start_gateway
+from .processes import (
+    GatewayProcess,
+    ProcessError,
+    ServerProcess,
+    start_baseline,
+    start_gateway,
+)
 from .report import assemble_results, summary_table
 from .sessions import ScenarioError, mb, raise_file_limit
 
@@ -171,6 +179,7 @@ class Bench:
         self.results: dict[str, LoadResult] = {}
         self.scenarios: dict[str, dict[str, Any]] = {}
         self.gateway_memory: dict[str, float | None] = {}
+        self.cpu: dict[str, dict[str, float]] = {}
         self.started = time.perf_counter()
 
     def say(self, text: str) -> None:
@@ -204,10 +213,11 @@ class Bench:
             if not self.options.keep_data:
                 shutil.rmtree(self.data, ignore_errors=True)
         runs = {name: result.to_dict() for name, result in self.results.items()}
+        machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
         settings = {**self.options.settings(), "gateway_rss_mb": self.gateway_memory,
                     "data_dir": str(self.data) if self.options.keep_data else "(removed)"}
         return assemble_results(
-            machine=machine, settings=settings, runs=runs,
+            machine=machine, settings=settings, runs=runs, cpu=self.cpu,
             fanout=self.scenarios.get("fanout"), idle=self.scenarios.get("idle"),
             pending=self.scenarios.get("pending"), failures=self.failures,
             wall_time_s=time.perf_counter() - started,
@@ -222,10 +232,18 @@ class Bench:
             progress=o.progress,
         )
 
-    async def measure(self, name: str, title: str, spec: LoadSpec) -> None:
-        self.say(f"== {title}: {spec.connections} x {spec.inflight} in flight, "
+    async def measure(self, name: str, server: ServerProcess, spec: LoadSpec) -> None:
+        self.say(f"== {name} ({server.name}): {spec.connections} x {spec.inflight} in flight, "
                  f"{spec.duration_s:g} s (+{spec.warmup_s:g} s warm-up)")
+        server_cpu, own_cpu, wall = server.cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
         result = await run_load(spec)
+        wall = time.perf_counter() - wall
+        # Both share the machine: how busy each was tells who limited the throughput.
+        self.cpu[name] = {
+            "wall_s": round(wall, 3),
+            "server_cpu_s": round(server.cpu_seconds() - server_cpu, 3),
+            "generator_cpu_s": round(_own_cpu_seconds() - own_cpu, 3),
+        }
         self.results[name] = result
         self.say(result.summary())
 
@@ -235,12 +253,12 @@ class Bench:
             self.gateway_memory["start"] = mb(gateway.rss_bytes())
             spec = self.load_spec(gateway.port, await asyncio.to_thread(gateway.mint_token))
             if "load" not in self.options.skip:
-                await self.guard("load", lambda: self.measure("gateway", "gateway", spec))
+                await self.guard("load", lambda: self.measure("gateway", gateway, spec))
                 spec = replace(spec, create_accounts=False)
                 self.gateway_memory["after_load"] = mb(gateway.rss_bytes())
             if "single" not in self.options.skip:
                 single = replace(spec, connections=1, inflight=1)
-                await self.guard("single", lambda: self.measure("single", "gateway", single))
+                await self.guard("single", lambda: self.measure("single", gateway, single))
         finally:
             await asyncio.to_thread(gateway.stop)
 
@@ -248,7 +266,7 @@ class Bench:
         baseline = await asyncio.to_thread(start_baseline, self.out / "baseline.log")
         try:
             spec = self.load_spec(baseline.port, None)
-            await self.measure("baseline", "baseline server", spec)
+            await self.measure("baseline", baseline, spec)
         finally:
             await asyncio.to_thread(baseline.stop)
 
@@ -345,6 +363,11 @@ class Bench:
             written.append(pending_memory_chart(results["pending"],
                                                 self.out / "pending-memory.png"))
         return written
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,6 +56,7 @@ def assemble_results(
     pending: dict[str, Any] | None,
     failures: dict[str, str],
     wall_time_s: float,
+    cpu: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """The whole results.json document."""
     results: dict[str, Any] = {
@@ -64,6 +65,7 @@ def assemble_results(
         "machine": machine,
         "settings": settings,
         "runs": runs,
+        "cpu": cpu or {},  # per load run: wall, server and generator CPU seconds
         "fanout": fanout,
         "idle": idle,
         "pending": pending,
@@ -206,6 +208,7 @@ def summary_table(results: dict[str, Any]) -> str:
         f"p99 {_fmt(results.get('p99_ms'))} ms",
         f"CreditInSync 1x1: {_fmt(results.get('single_rps'))} ok/s, p50 "
         f"{_fmt(results.get('single_p50_ms'))} ms, p99 {_fmt(results.get('single_p99_ms'))} ms",
+        *_cpu_lines(results.get("cpu") or {}),
         "",
     ]
     rows = [(t["name"], t["target"], _fmt(t["value"]), _verdict(t["met"]), t["detail"])
@@ -217,6 +220,18 @@ def summary_table(results: dict[str, Any]) -> str:
     for phase, error in (results.get("failures") or {}).items():
         lines.append(f"FAILED {phase}: {error}")
     return "\n".join(lines)
+
+
+def _cpu_lines(cpu: dict[str, dict[str, float]]) -> list[str]:
+    """How many cores server and generator each kept busy during each load run."""
+    if not cpu:
+        return []
+    parts = [
+        f"{name} server {use['server_cpu_s'] / use['wall_s']:.2f}, generator "
+        f"{use['generator_cpu_s'] / use['wall_s']:.2f}"
+        for name, use in cpu.items() if use.get("wall_s")
+    ]
+    return ["cores busy: " + "; ".join(parts)]
 
 
 _HEADER = ("target", "goal", "measured", "", "")

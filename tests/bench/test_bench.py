@@ -78,6 +78,7 @@ def results(**sections: Any) -> dict[str, Any]:
         runs=sections.pop("runs", runs), fanout=sections.get("fanout", FANOUT),
         idle=sections.get("idle", IDLE), pending=sections.get("pending", PENDING),
         failures={}, wall_time_s=170.04,
+        cpu={"gateway": {"wall_s": 18.0, "server_cpu_s": 18.0, "generator_cpu_s": 9.0}},
     )
 
 
@@ -138,6 +139,7 @@ def test_summary_table_lists_every_target_with_its_verdict() -> None:
     document = results(idle=None)
     table = summary_table(document)
     assert "test cpu" in table and "ratio 0.45" in table
+    assert "gateway server 1.00, generator 0.50" in table
     for target in document["targets"]:
         assert target["name"] in table
     assert "PASS" in table and "MISS" in table and "n/a" in table
@@ -163,7 +165,7 @@ def test_a_tiny_whole_run_writes_figures_and_plots(tmp_path: Path) -> None:
     ])
     document = orjson.loads((tmp_path / "results.json").read_bytes())
     assert document["failures"] == {} and code == 0
-    assert set(document["runs"]) == {"gateway", "single", "baseline"}
+    assert set(document["runs"]) == set(document["cpu"]) == {"gateway", "single", "baseline"}
     assert document["gateway_rps"] > 0 and document["baseline_rps"] > 0
     assert document["fanout"]["every_event_once"]
     assert document["idle"]["authenticated"] == 20
