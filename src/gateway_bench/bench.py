@@ -321,7 +321,7 @@ class Bench:
         )
         try:
             result = await run_pending(gateway.host, gateway.port, token, gateway.ledger_path,
-                                       spec, gateway.rss_bytes)
+                                       spec, gateway.rss_bytes, gateway.log_path)
         finally:
             await asyncio.to_thread(gateway.stop)
         fresh = await self.start_gateway("pending")

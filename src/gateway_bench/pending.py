@@ -28,8 +28,11 @@ from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from .client import AnswerCallback, GatewayClient, encode_request
 from .monitor import RssSampler, scrape_metrics
@@ -71,6 +74,7 @@ class PendingRun:
         self.spec = spec
         self.sent_at = array("d", bytes(8 * spec.requests))
         self.answered = bytearray(spec.requests)
+        self.received_at = array("d", bytes(8 * spec.requests))
         self.latency_ms = array("d")
         self.outcomes: Counter[str] = Counter()
         self.on_time = self.late = self.duplicates = 0
@@ -79,6 +83,8 @@ class PendingRun:
         self.probe_failures = 0
         self.closing = False  # our own close fails what is left: that is "missing", not an answer
         self.limit_s = (spec.sync_timeout_ms + spec.slack_ms) / 1000
+        self.ext_prefix = next_ext_id("pd-") + "-"  # + seq: the gateway's log names the request
+        self.clock_offset = time.time() - time.perf_counter()  # perf_counter -> unix seconds
         self.all_answered = asyncio.get_running_loop().create_future()
 
     def answer(self, seq: int, reply: dict[str, Any] | ConnectionError) -> None:
@@ -91,6 +97,7 @@ class PendingRun:
         self.answered[seq] = 1
         kind = "client/CONNECTION_LOST" if isinstance(reply, ConnectionError) else describe(reply)
         self.outcomes[kind] += 1
+        self.received_at[seq] = now
         elapsed = now - self.sent_at[seq]
         self.latency_ms.append(elapsed * 1000)
         if kind == "504/SYNC_TIMEOUT":
@@ -120,7 +127,7 @@ class PendingRun:
             for seq in seqs[first:first + spec.probe_every]:
                 data = {"login": spec.first_login + seq % spec.accounts, "amount": 1.0,
                         "comment": f"pending-{seq}"}
-                ext_id = next_ext_id("pd-")
+                ext_id = f"{self.ext_prefix}{seq}"
                 self.sent_at[seq] = time.perf_counter()
                 self.sent += 1
                 client.send_frame_cb(encode_request("CreditInSync", data, ext_id), ext_id,
@@ -153,8 +160,10 @@ class LedgerLock:
 
 async def run_pending(
     host: str, port: int, token: str, ledger_path: Path, spec: PendingSpec,
-    read_rss: Callable[[], int],
+    read_rss: Callable[[], int], gateway_log: Path | None = None,
 ) -> dict[str, Any]:
+    """Run the scenario; with the gateway's log, also split each 504's delay into the
+    gateway's part (send to its `sync_timeout` log line) and delivery (log line to receipt)."""
     if spec.requests > spec.connections * spec.max_per_connection:
         raise ScenarioError("more requests than connections x max_per_connection allows")
     clients, failures = await open_clients(host, port, spec.connections)
@@ -193,6 +202,9 @@ async def run_pending(
         await close_clients(clients)
     latencies = sorted(run.latency_ms)
     missing = spec.requests - sum(run.answered)
+    logged = None if gateway_log is None else await asyncio.to_thread(
+        timeouts_in_log, gateway_log, run
+    )
     return {
         "spec": asdict(spec),
         "sent": run.sent,
@@ -208,9 +220,9 @@ async def run_pending(
         "missing": missing,
         "duplicates": run.duplicates,
         "all_on_time": run.on_time == spec.requests,
-        "answer_ms": {f"p{name}": _round(percentile(latencies, q)) for name, q in
-                      (("0", 0), ("50", 50), ("99", 99), ("100", 100))},
+        "answer_ms": _percentiles(latencies),
         "limit_ms": spec.sync_timeout_ms + spec.slack_ms,
+        "gateway_logged_timeouts": logged,
         "answered_after_s": round(answered_s, 3),
         "lock_held_s": round(held_s, 3),
         "drain": drain,
@@ -268,6 +280,50 @@ async def _drain(client: GatewayClient, spec: PendingSpec) -> dict[str, Any]:
             break
     return {"drained": last == "200", "tries": tries, "last": last,
             "seconds": round(time.perf_counter() - started, 3)}
+
+
+def timeouts_in_log(path: Path, run: PendingRun) -> dict[str, Any] | None:
+    """From the gateway's `sync_timeout` log lines (JSON, with ext_id and an ISO timestamp):
+    how long after its send the gateway timed each request out, and how long the answer then
+    took to arrive here. None when the log has no such lines (another log format)."""
+    gateway_ms, delivery_ms = array("d"), array("d")
+    late = 0
+    marker, prefix = b'"sync_timeout"', run.ext_prefix
+    with path.open("rb") as log:
+        for line in log:
+            if marker not in line:
+                continue
+            try:
+                entry = orjson.loads(line)
+                ext_id = entry["ext_id"]
+                logged_at = datetime.fromisoformat(entry["timestamp"]).timestamp()
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+            if not isinstance(ext_id, str) or not ext_id.startswith(prefix):
+                continue
+            seq = int(ext_id[len(prefix):])
+            sent = run.sent_at[seq] + run.clock_offset
+            gateway_ms.append((logged_at - sent) * 1000)
+            late += logged_at - sent > run.limit_s
+            if run.received_at[seq]:
+                delivery_ms.append((run.received_at[seq] + run.clock_offset - logged_at) * 1000)
+    if not gateway_ms:
+        return None
+    gateway, delivery = sorted(gateway_ms), sorted(delivery_ms)
+    return {
+        "count": len(gateway),
+        "logged_late": late,
+        "send_to_log_ms": _percentiles(gateway),
+        "log_to_receipt_ms": _percentiles(delivery),
+        "note": "wall clocks of this process and the gateway (same machine); the log line is "
+                "written as the 504 is sent, so send_to_log is the gateway's timer lateness "
+                "and log_to_receipt the delivery (gateway write, network, this process's read)",
+    }
+
+
+def _percentiles(ordered: list[float]) -> dict[str, float | None]:
+    return {f"p{name}": _round(percentile(ordered, q)) for name, q in
+            (("0", 0), ("50", 50), ("99", 99), ("100", 100))}
 
 
 def _count_records(path: Path) -> int:

@@ -1,28 +1,32 @@
-"""The fan-out, idle and pending-Sync scenarios at a small scale against an in-process gateway.
+"""The fan-out, idle and pending-Sync scenarios at a small scale against an in-process gateway,
+and their pure helpers.
 
-These check each scenario's own bookkeeping (every event, connection and answer accounted for),
-never how fast anything was.
+The scenario tests check each scenario's own bookkeeping (every event, connection and answer
+accounted for), never how fast anything was.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
 import psutil
 import pytest
 
 from gateway_bench.fanout import FanoutSpec, run_fanout
 from gateway_bench.idle import IdleSpec, run_idle
-from gateway_bench.pending import PendingSpec, run_pending
+from gateway_bench.pending import PendingRun, PendingSpec, run_pending, timeouts_in_log
 from gateway_bench.sessions import percentile
 
 from ..conftest import GatewayFactory, wait_until
-
-pytestmark = pytest.mark.slow
 
 
 def own_rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+@pytest.mark.slow
 async def test_fanout_counts_every_event_once_per_listener(make_gateway: GatewayFactory) -> None:
     """Each listener hears one trade and one balance event per operation, no more, no less."""
     gw = await make_gateway()
@@ -38,6 +42,7 @@ async def test_fanout_counts_every_event_once_per_listener(make_gateway: Gateway
     assert [p["events"] for p in result["per_listener"]] == [2 * sent, 2 * sent]
 
 
+@pytest.mark.slow
 async def test_idle_holds_and_releases_every_connection(make_gateway: GatewayFactory) -> None:
     """200 sessions are opened, authenticated, held, and all closed again afterwards."""
     gw = await make_gateway()
@@ -51,6 +56,7 @@ async def test_idle_holds_and_releases_every_connection(make_gateway: GatewayFac
     await wait_until(probe, lambda: len(gw.gateway.connections) == 1)
 
 
+@pytest.mark.slow
 async def test_pending_sync_answers_every_request_504_and_leaks_no_waiter(
     make_gateway: GatewayFactory,
 ) -> None:
@@ -70,6 +76,32 @@ async def test_pending_sync_answers_every_request_504_and_leaks_no_waiter(
     probe = await gw.client()
     await wait_until(probe, lambda: gw.gateway.waiters.pending_count() == 0)
     assert gw.gateway.waiters.bound_count() == 0
+
+
+async def test_timeouts_are_found_in_the_gateway_log(tmp_path: Path) -> None:
+    """The gateway's sync_timeout lines are matched to this run's requests by extID; other
+    lines and other runs' requests are ignored."""
+    run = PendingRun(PendingSpec(requests=3, sync_timeout_ms=1000, slack_ms=100))
+    for seq in range(3):
+        run.sent_at[seq] = 100.0 + seq
+        run.received_at[seq] = 100.0 + seq + 1.2
+    run.clock_offset = 1_700_000_000.0
+
+    def line(ext_id: str, at: float) -> bytes:
+        stamp = datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+        return orjson.dumps({"ext_id": ext_id, "event": "sync_timeout", "timestamp": stamp})
+
+    log = tmp_path / "gateway.log"
+    log.write_bytes(b"\n".join([
+        line(f"{run.ext_prefix}0", 1_700_000_101.0),  # 1.0 s after its send: on time
+        line(f"{run.ext_prefix}2", 1_700_000_103.5),  # 1.5 s: late
+        line("someone-else-1", 1_700_000_101.0),
+        b'{"event": "batch_committed"}', b"manager-gateway listening on 127.0.0.1:1",
+    ]))
+    found = timeouts_in_log(log, run)
+    assert found is not None
+    assert (found["count"], found["logged_late"]) == (2, 1)
+    assert found["send_to_log_ms"]["p0"] == 1000.0 and found["send_to_log_ms"]["p100"] == 1500.0
 
 
 def test_percentile_is_nearest_rank() -> None:
