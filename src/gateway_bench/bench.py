@@ -18,38 +18,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import resource
-import shutil
 import sys
-import tempfile
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
+from .fanout import FanoutSpec
+from .idle import IdleSpec
+from .pending import PendingSpec
+from .phases import PHASES, Bench, BenchOptions
+from .report import summary_table
 
-from .fanout import FanoutSpec, run_fanout
-from .idle import IdleSpec, run_idle
-from .loadgen import LoadError, LoadResult, LoadSpec, run_load
-from .machine import machine_info
-from .monitor import free_port
-from .pending import PendingSpec, prepare_accounts, run_pending
-from .processes import (
-    GatewayProcess,
-    ProcessError,
-    ServerProcess,
-    start_baseline,
-    start_gateway,
-)
-from .report import assemble_results, summary_table
-from .sessions import ScenarioError, mb, raise_file_limit
-
-PHASES = ("load", "single", "baseline", "fanout", "idle", "pending")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-GATEWAY_SETTINGS = {"ledger_synchronous": "FULL"}  # the figures only count with durable commits
 T = TypeVar("T")
 
 
@@ -65,32 +46,6 @@ PROFILES = {
     "full": Profile(duration_s=60.0, warmup_s=10.0, fanout_duration_s=60.0, fanout_warmup_s=5.0),
     "quick": Profile(duration_s=15.0, warmup_s=3.0, fanout_duration_s=10.0, fanout_warmup_s=2.0),
 }
-
-
-@dataclass
-class BenchOptions:
-    out: Path
-    mode: str = "full"
-    duration_s: float = 60.0
-    warmup_s: float = 10.0
-    connections: int = 50
-    inflight: int = 4
-    accounts: int = 100
-    skip: frozenset[str] = frozenset()
-    fanout: FanoutSpec = field(default_factory=FanoutSpec)
-    idle: IdleSpec = field(default_factory=IdleSpec)
-    pending: PendingSpec = field(default_factory=PendingSpec)
-    progress: bool = False
-    keep_data: bool = False
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode, "command": "CreditInSync", "connections": self.connections,
-            "inflight": self.inflight, "accounts": self.accounts, "duration_s": self.duration_s,
-            "warmup_s": self.warmup_s, "single": {"connections": 1, "inflight": 1},
-            "events_on_load_connections": False, "skip": sorted(self.skip),
-            **GATEWAY_SETTINGS,
-        }
 
 
 def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
@@ -166,208 +121,6 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         progress=not args.no_progress and sys.stderr.isatty(),
         keep_data=args.keep_data,
     )
-
-
-class Bench:
-    """One benchmark run: phases in order, a failed phase recorded and the rest still run."""
-
-    def __init__(self, options: BenchOptions) -> None:
-        self.options = options
-        self.out = options.out
-        self.data = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
-        self.failures: dict[str, str] = {}
-        self.results: dict[str, LoadResult] = {}
-        self.scenarios: dict[str, dict[str, Any]] = {}
-        self.gateway_memory: dict[str, float | None] = {}
-        self.cpu: dict[str, dict[str, float]] = {}
-        self.started = time.perf_counter()
-
-    def say(self, text: str) -> None:
-        print(f"[{time.perf_counter() - self.started:6.1f} s] {text}", flush=True)
-
-    async def guard(self, phase: str, action: Callable[[], Awaitable[T]]) -> T | None:
-        try:
-            return await action()
-        except (LoadError, ScenarioError, ProcessError, OSError, TimeoutError) as exc:
-            self.failures[phase] = f"{type(exc).__name__}: {exc}"
-            self.say(f"!! {phase} failed: {exc}")
-            return None
-
-    async def run(self) -> dict[str, Any]:
-        self.started = started = time.perf_counter()
-        self.out.mkdir(parents=True, exist_ok=True)
-        raise_file_limit()
-        machine = machine_info()
-        skip = self.options.skip
-        try:
-            if not {"load", "single"} <= skip:
-                await self.guard("gateway", self.gateway_runs)
-            if "baseline" not in skip:
-                await self.guard("baseline", self.baseline_run)
-            for name, scenario in (("fanout", self.fanout), ("idle", self.idle),
-                                   ("pending", self.pending)):
-                if name not in skip:
-                    self.say(f"== {name}")
-                    await self.guard(name, scenario)
-        finally:
-            if not self.options.keep_data:
-                shutil.rmtree(self.data, ignore_errors=True)
-        runs = {name: result.to_dict() for name, result in self.results.items()}
-        machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-        settings = {**self.options.settings(), "gateway_rss_mb": self.gateway_memory,
-                    "data_dir": str(self.data) if self.options.keep_data else "(removed)"}
-        return assemble_results(
-            machine=machine, settings=settings, runs=runs, cpu=self.cpu,
-            fanout=self.scenarios.get("fanout"), idle=self.scenarios.get("idle"),
-            pending=self.scenarios.get("pending"), failures=self.failures,
-            wall_time_s=time.perf_counter() - started,
-        )
-
-    def load_spec(self, port: int, token: str | None) -> LoadSpec:
-        o = self.options
-        return LoadSpec(
-            host="127.0.0.1", port=port, connections=o.connections, inflight=o.inflight,
-            duration_s=o.duration_s, warmup_s=o.warmup_s, mix={"CreditInSync": 1.0},
-            accounts=o.accounts, create_accounts=True, token=token, events=False,
-            progress=o.progress,
-        )
-
-    async def measure(self, name: str, server: ServerProcess, spec: LoadSpec) -> None:
-        self.say(f"== {name} ({server.name}): {spec.connections} x {spec.inflight} in flight, "
-                 f"{spec.duration_s:g} s (+{spec.warmup_s:g} s warm-up)")
-        server_cpu, own_cpu, wall = server.cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
-        result = await run_load(spec)
-        wall = time.perf_counter() - wall
-        # Both share the machine: how busy each was tells who limited the throughput.
-        self.cpu[name] = {
-            "wall_s": round(wall, 3),
-            "server_cpu_s": round(server.cpu_seconds() - server_cpu, 3),
-            "generator_cpu_s": round(_own_cpu_seconds() - own_cpu, 3),
-        }
-        self.results[name] = result
-        self.say(result.summary())
-
-    async def gateway_runs(self) -> None:
-        gateway = await self.start_gateway("gateway")
-        try:
-            self.gateway_memory["start"] = mb(gateway.rss_bytes())
-            spec = self.load_spec(gateway.port, await asyncio.to_thread(gateway.mint_token))
-            if "load" not in self.options.skip:
-                await self.guard("load", lambda: self.measure("gateway", gateway, spec))
-                spec = replace(spec, create_accounts=False)
-                self.gateway_memory["after_load"] = mb(gateway.rss_bytes())
-            if "single" not in self.options.skip:
-                single = replace(spec, connections=1, inflight=1)
-                await self.guard("single", lambda: self.measure("single", gateway, single))
-        finally:
-            await asyncio.to_thread(gateway.stop)
-
-    async def baseline_run(self) -> None:
-        baseline = await asyncio.to_thread(start_baseline, self.out / "baseline.log")
-        try:
-            spec = self.load_spec(baseline.port, None)
-            await self.measure("baseline", baseline, spec)
-        finally:
-            await asyncio.to_thread(baseline.stop)
-
-    async def start_gateway(self, name: str, **settings: str) -> GatewayProcess:
-        log = self.out / ("gateway.log" if name == "gateway" else f"gateway-{name}.log")
-        return await asyncio.to_thread(
-            start_gateway, self.data / name, log, {**GATEWAY_SETTINGS, **settings}
-        )
-
-    async def fanout(self) -> None:
-        gateway = await self.start_gateway("fanout")
-        try:
-            token = await asyncio.to_thread(gateway.mint_token)
-            result = await run_fanout(gateway.host, gateway.port, token, self.options.fanout)
-            result["gateway_rss_mb"] = mb(gateway.rss_bytes())
-            self.scenarios["fanout"] = result
-            delay = result["delay_ms"]
-            self.say(f"{result['delivered_per_s']:,.0f} events/s delivered to "
-                     f"{result['listeners']} listeners, send-to-receipt p50 {delay['p50']} ms "
-                     f"p99 {delay['p99']} ms, every event once: {result['every_event_once']}")
-        finally:
-            await asyncio.to_thread(gateway.stop)
-
-    async def idle(self) -> None:
-        metrics_port = free_port()
-        gateway = await self.start_gateway("idle", metrics_port=str(metrics_port))
-        try:
-            token = await asyncio.to_thread(gateway.mint_token)
-            spec = replace(self.options.idle, metrics_port=metrics_port)
-            result = await run_idle(gateway.host, gateway.port, token, spec, gateway.rss_bytes)
-            self.scenarios["idle"] = result
-            self.say(f"{result['authenticated']:,} of {spec.connections:,} sessions held, "
-                     f"gateway RSS {result['rss_before_mb']} -> {result['rss_held_mb']} -> "
-                     f"{result['rss_after_mb']} MB, HealthCheck {result['health_check']}")
-        finally:
-            await asyncio.to_thread(gateway.stop)
-
-    async def pending(self) -> None:
-        """Accounts are made on a first process; the scenario runs on a second one that only
-        loaded them, so "before" is a fresh process's memory; a third, fresh on the final
-        ledger, shows what the grown state alone costs."""
-        metrics_port = free_port()
-        spec = replace(self.options.pending, metrics_port=metrics_port, create_accounts=False)
-        setup = await self.start_gateway("pending")
-        try:
-            token = await asyncio.to_thread(setup.mint_token)
-            await prepare_accounts(setup.host, setup.port, token, spec)
-        finally:
-            await asyncio.to_thread(setup.stop)
-        gateway = await self.start_gateway(
-            "pending", metrics_port=str(metrics_port), sync_timeout_ms=str(spec.sync_timeout_ms)
-        )
-        try:
-            result = await run_pending(gateway.host, gateway.port, token, gateway.ledger_path,
-                                       spec, gateway.rss_bytes, gateway.log_path)
-        finally:
-            await asyncio.to_thread(gateway.stop)
-        fresh = await self.start_gateway("pending")
-        result["rss_fresh_same_ledger_mb"] = mb(fresh.rss_bytes())
-        await asyncio.to_thread(fresh.stop)
-        self.scenarios["pending"] = result
-        self.say(f"{result['timed_out_on_time']:,} of {spec.requests:,} answered 504 on time "
-                 f"(late {result['timed_out_late']}, other {result['not_504']}, missing "
-                 f"{result['missing']}); RSS {result['rss_before_mb']} -> peak "
-                 f"{result['rss_peak_mb']} -> {result['rss_after_mb']} MB (fresh process on "
-                 f"the same ledger {result['rss_fresh_same_ledger_mb']} MB)")
-
-    def write(self, results: dict[str, Any]) -> list[Path]:
-        """results.json and every plot; a plot that fails is recorded, not fatal."""
-        written = []
-        try:
-            written = self.plots(results)
-        except Exception as exc:  # matplotlib problems must not lose the figures
-            results["failures"]["plots"] = f"{type(exc).__name__}: {exc}"
-        results["files"] = sorted(path.name for path in written)
-        path = self.out / "results.json"
-        path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
-        return [path, *written]
-
-    def plots(self, results: dict[str, Any]) -> list[Path]:
-        from .charts import comparison_chart, fanout_delay_chart, pending_memory_chart
-        from .plot import plot_result
-
-        written: list[Path] = []
-        for name, result in self.results.items():
-            written += plot_result(result, self.out, name)
-        compared = {name: run for name, run in results["runs"].items()
-                    if name in ("gateway", "baseline")}
-        if compared:
-            written.append(comparison_chart(compared, self.out / "comparison-throughput.png"))
-        if results["fanout"] is not None:
-            written.append(fanout_delay_chart(results["fanout"], self.out / "fanout-delay.png"))
-        if results["pending"] is not None:
-            written.append(pending_memory_chart(results["pending"],
-                                                self.out / "pending-memory.png"))
-        return written
-
-
-def _own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: Sequence[str] | None = None) -> int:
