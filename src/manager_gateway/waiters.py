@@ -16,8 +16,12 @@ import asyncio
 from collections import deque
 from collections.abc import Hashable
 
+import structlog
+
 from .clock import Cancellable, Clock
 from .protocol.errors import GatewayError, SyncTimeout
+
+log = structlog.get_logger("manager_gateway.waiters")
 
 
 class SessionGone(Exception):
@@ -74,14 +78,19 @@ class WaiterRegistry:
         self._timer = None
         now = self._clock.monotonic()
         deadlines = self._deadlines
+        expired = 0
         while deadlines:
             waiter = deadlines[0]
             if not waiter.removed and waiter.deadline > now:
                 self._timer = self._clock.call_later(waiter.deadline - now, self._expire_due)
-                return
+                break
             deadlines.popleft()
-            if not waiter.removed:
+            if not waiter.removed and not waiter.future.done():
                 self._expire(waiter)
+                expired += 1
+        if expired:
+            # One line per sweep, not per request: a stalled ledger times out thousands at once.
+            log.warning("sync_timeouts", expired=expired)
 
     def bind(self, waiter: Waiter, order: int, event_type: int) -> None:
         """Called by the main loop once it reserved `order`, before the event can be emitted."""

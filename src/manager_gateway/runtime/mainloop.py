@@ -148,7 +148,7 @@ class MainLoop:
                 effect = self._apply(tx, op, now)
             except GatewayError as error:
                 self._reject(op, error)
-                log.info("operation_rejected", command=op.command, ext_id=op.key[1],
+                log.debug("operation_rejected", command=op.command, ext_id=op.key[1],
                          error=error.code, message=error.message)
                 continue
             except Exception:

@@ -145,7 +145,7 @@ class Connection(asyncio.Protocol):
         try:
             request = parse_request(frame)
         except EnvelopeError as exc:
-            self.log.info("request_rejected", error=exc.error.code, message=exc.error.message)
+            self.log.debug("request_rejected", error=exc.error.code, message=exc.error.message)
             self.send(encode_error(exc.error, exc.ext_id))
             self.metrics.invalid_frame(exc.error.status, started)
             return
@@ -220,7 +220,10 @@ class Connection(asyncio.Protocol):
 
     def _refused(self, request: Envelope, error: GatewayError, started: float) -> None:
         access = self.session.access
-        self.log.info(
+        # Debug, not info: a client can be refused thousands of times a second (a burst of Sync
+        # timeouts, a misbehaving integration), and a log line costs more than the refusal.
+        # The counts are in the metrics; the waiter registry logs each timeout sweep.
+        self.log.debug(
             "sync_timeout" if isinstance(error, SyncTimeout) else "command_rejected",
             ext_id=request.ext_id, command=request.command,
             session=f"{access.subject}/{int(access.type)}" if access else None,
