@@ -162,8 +162,8 @@ async def run_pending(
     host: str, port: int, token: str, ledger_path: Path, spec: PendingSpec,
     read_rss: Callable[[], int], gateway_log: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the scenario; with the gateway's log, also split each 504's delay into the
-    gateway's part (send to its `sync_timeout` log line) and delivery (log line to receipt)."""
+    """Run the scenario; with the gateway's log, also split the 504s' delay into the gateway's
+    timer (send to the sweep that expired it) and the delivery (sweep to receipt)."""
     if spec.requests > spec.connections * spec.max_per_connection:
         raise ScenarioError("more requests than connections x max_per_connection allows")
     clients, failures = await open_clients(host, port, spec.connections)
@@ -283,41 +283,49 @@ async def _drain(client: GatewayClient, spec: PendingSpec) -> dict[str, Any]:
 
 
 def timeouts_in_log(path: Path, run: PendingRun) -> dict[str, Any] | None:
-    """From the gateway's `sync_timeout` log lines (JSON, with ext_id and an ISO timestamp):
-    how long after its send the gateway timed each request out, and how long the answer then
-    took to arrive here. None when the log has no such lines (another log format)."""
-    gateway_ms, delivery_ms = array("d"), array("d")
-    late = 0
-    marker, prefix = b'"sync_timeout"', run.ext_prefix
+    """When the gateway timed the requests out, from its `sync_timeouts` warnings (one per
+    sweep of its timer: an ISO timestamp and the number `expired`), and how long the answers
+    then took to arrive here. The registry expires waiters in the order they were registered,
+    which here is the order they were sent (to within the interleaving of connections), so
+    the i-th request sent is matched to the sweep that expired the i-th waiter. None when the
+    log has no such lines (a gateway that logs timeouts differently)."""
+    first_sent = run.sent_at[0] + run.clock_offset if run.sent else 0.0
+    sweeps: list[tuple[float, int]] = []
     with path.open("rb") as log:
         for line in log:
-            if marker not in line:
+            if b'"sync_timeouts"' not in line:
                 continue
             try:
                 entry = orjson.loads(line)
-                ext_id = entry["ext_id"]
-                logged_at = datetime.fromisoformat(entry["timestamp"]).timestamp()
+                swept_at = datetime.fromisoformat(entry["timestamp"]).timestamp()
+                expired = int(entry["expired"])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue
-            if not isinstance(ext_id, str) or not ext_id.startswith(prefix):
-                continue
-            seq = int(ext_id[len(prefix):])
-            sent = run.sent_at[seq] + run.clock_offset
-            gateway_ms.append((logged_at - sent) * 1000)
-            late += logged_at - sent > run.limit_s
-            if run.received_at[seq]:
-                delivery_ms.append((run.received_at[seq] + run.clock_offset - logged_at) * 1000)
-    if not gateway_ms:
+            if swept_at >= first_sent:  # the same log holds the set-up process's lines
+                sweeps.append((swept_at, expired))
+    if not sweeps:
         return None
-    gateway, delivery = sorted(gateway_ms), sorted(delivery_ms)
+    by_send = sorted(range(run.sent), key=run.sent_at.__getitem__)
+    gateway_ms, delivery_ms = array("d"), array("d")
+    late = matched = 0
+    for swept_at, expired in sweeps:
+        for seq in by_send[matched:matched + expired]:
+            waited = swept_at - (run.sent_at[seq] + run.clock_offset)
+            gateway_ms.append(waited * 1000)
+            late += waited > run.limit_s
+            if run.received_at[seq]:
+                delivery_ms.append((run.received_at[seq] + run.clock_offset - swept_at) * 1000)
+        matched = min(matched + expired, len(by_send))
     return {
-        "count": len(gateway),
-        "logged_late": late,
-        "send_to_log_ms": _percentiles(gateway),
-        "log_to_receipt_ms": _percentiles(delivery),
-        "note": "wall clocks of this process and the gateway (same machine); the log line is "
-                "written as the 504 is sent, so send_to_log is the gateway's timer lateness "
-                "and log_to_receipt the delivery (gateway write, network, this process's read)",
+        "sweeps": len(sweeps),
+        "expired": sum(expired for _, expired in sweeps),
+        "timed_out_late_by_gateway": late,
+        "send_to_sweep_ms": _percentiles(sorted(gateway_ms)),
+        "sweep_to_receipt_ms": _percentiles(sorted(delivery_ms)),
+        "note": "wall clocks of this process and the gateway (same machine). send_to_sweep is "
+                "when the gateway's timer expired the request (its intake lag included); "
+                "sweep_to_receipt is the 504's way back: the gateway's write, the socket and "
+                "this process's read",
     }
 
 

@@ -170,7 +170,7 @@ def test_a_tiny_whole_run_writes_figures_and_plots(tmp_path: Path) -> None:
     assert document["fanout"]["every_event_once"]
     assert document["idle"]["authenticated"] == 20
     assert document["pending"]["answers"] == {"504/SYNC_TIMEOUT": 100}
-    assert document["pending"]["gateway_logged_timeouts"]["count"] == 100
+    assert document["pending"]["gateway_logged_timeouts"]["expired"] == 100
     assert document["settings"]["ledger_synchronous"] == "FULL"
     for name in ("gateway-timeline.png", "single-latency.png", "baseline-timeline.png",
                  "comparison-throughput.png", "fanout-delay.png", "pending-memory.png"):

@@ -78,30 +78,34 @@ async def test_pending_sync_answers_every_request_504_and_leaks_no_waiter(
     assert gw.gateway.waiters.bound_count() == 0
 
 
-async def test_timeouts_are_found_in_the_gateway_log(tmp_path: Path) -> None:
-    """The gateway's sync_timeout lines are matched to this run's requests by extID; other
-    lines and other runs' requests are ignored."""
+async def test_timeout_sweeps_in_the_gateway_log_are_matched_in_send_order(
+    tmp_path: Path,
+) -> None:
+    """Each sync_timeouts sweep is matched to the next requests in send order; lines before
+    the first send and other events are ignored."""
     run = PendingRun(PendingSpec(requests=3, sync_timeout_ms=1000, slack_ms=100))
-    for seq in range(3):
-        run.sent_at[seq] = 100.0 + seq
-        run.received_at[seq] = 100.0 + seq + 1.2
+    for seq, sent in enumerate((100.0, 100.2, 100.1)):  # sent in the order 0, 2, 1
+        run.sent_at[seq] = sent
+        run.received_at[seq] = sent + 1.2
+    run.sent = 3
     run.clock_offset = 1_700_000_000.0
 
-    def line(ext_id: str, at: float) -> bytes:
+    def line(expired: int, at: float) -> bytes:
         stamp = datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
-        return orjson.dumps({"ext_id": ext_id, "event": "sync_timeout", "timestamp": stamp})
+        return orjson.dumps({"expired": expired, "event": "sync_timeouts", "timestamp": stamp})
 
     log = tmp_path / "gateway.log"
     log.write_bytes(b"\n".join([
-        line(f"{run.ext_prefix}0", 1_700_000_101.0),  # 1.0 s after its send: on time
-        line(f"{run.ext_prefix}2", 1_700_000_103.5),  # 1.5 s: late
-        line("someone-else-1", 1_700_000_101.0),
+        line(5, 1_699_999_000.0),  # an earlier process's sweep
+        line(2, 1_700_000_101.05),  # requests 0 and 2: 1.05 s and 0.95 s after their sends
         b'{"event": "batch_committed"}', b"manager-gateway listening on 127.0.0.1:1",
+        line(1, 1_700_000_101.5),  # request 1: 1.3 s after its send, late
     ]))
     found = timeouts_in_log(log, run)
     assert found is not None
-    assert (found["count"], found["logged_late"]) == (2, 1)
-    assert found["send_to_log_ms"]["p0"] == 1000.0 and found["send_to_log_ms"]["p100"] == 1500.0
+    assert (found["sweeps"], found["expired"], found["timed_out_late_by_gateway"]) == (2, 3, 1)
+    assert found["send_to_sweep_ms"]["p0"] == 950.0
+    assert found["send_to_sweep_ms"]["p100"] == 1300.0
 
 
 def test_percentile_is_nearest_rank() -> None:
