@@ -325,7 +325,8 @@ def timeouts_in_log(path: Path, run: PendingRun) -> dict[str, Any] | None:
         "note": "wall clocks of this process and the gateway (same machine). send_to_sweep is "
                 "when the gateway's timer expired the request (its intake lag included); "
                 "sweep_to_receipt is the 504's way back: the gateway's write, the socket and "
-                "this process's read",
+                "this process's read. Matched by order, so single values are off by the "
+                "interleaving of connections at intake (a few ms; a negative one is that)",
     }
 
 
