@@ -71,6 +71,8 @@ class Settings(BaseSettings):
 
     # Runtime and ledger.
     ledger_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    # How long a commit waits for a write lock held by another process before it fails (500).
+    ledger_busy_timeout_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 5000
     max_batch: Annotated[int, Field(ge=1)] = 4096
     shutdown_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     jwt_secret: str | None = None

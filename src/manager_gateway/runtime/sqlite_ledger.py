@@ -105,8 +105,14 @@ def _record(row: tuple[Any, ...]) -> FinanceRecord:
     )
 
 
-def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
-    """Open (creating if needed) a ledger database with the project's pragmas and schema."""
+def connect(
+    path: Path, synchronous: str = "FULL", busy_timeout_ms: int = 5000
+) -> sqlite3.Connection:
+    """Open (creating if needed) a ledger database with the project's pragmas and schema.
+
+    `busy_timeout_ms` is how long a commit waits for a write lock another process holds (a
+    backup, `ledger verify`) before it fails and its batch is answered 500.
+    """
     if synchronous.upper() not in SYNCHRONOUS_MODES:
         raise ValueError(f"ledger_synchronous must be one of {SYNCHRONOUS_MODES}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +121,7 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-    db.execute("PRAGMA busy_timeout=5000")
+    db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     db.executescript(SCHEMA)
     db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     return db
@@ -124,9 +130,11 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
 class SQLiteLedger:
     """`Storage` on one SQLite file in WAL mode."""
 
-    def __init__(self, data_dir: Path, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, data_dir: Path, synchronous: str = "FULL", busy_timeout_ms: int = 5000
+    ) -> None:
         self.path = data_dir / LEDGER_FILE
-        self._db = connect(self.path, synchronous)
+        self._db = connect(self.path, synchronous, busy_timeout_ms)
 
     def load(self) -> Snapshot:
         db = self._db

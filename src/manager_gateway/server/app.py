@@ -49,7 +49,9 @@ class Gateway:
         data_dir.mkdir(parents=True, exist_ok=True)
         secret = signing_secret(settings)
         self.tokens = TokenService(secret)
-        self.storage: Storage = storage or SQLiteLedger(data_dir, settings.ledger_synchronous)
+        self.storage: Storage = storage or SQLiteLedger(
+            data_dir, settings.ledger_synchronous, settings.ledger_busy_timeout_ms
+        )
         self.waiters = WaiterRegistry(self.clock, settings.sync_timeout_ms)
         self.metrics = Metrics()
         self.hub = EventHub(self.clock, self.metrics)
