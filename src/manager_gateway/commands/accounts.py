@@ -14,7 +14,9 @@ from .context import RequestContext
 
 async def add_user(ctx: RequestContext, data: AddUserData) -> dict[str, Any]:
     # Hashing is slow by design; it runs off the event loop so other sessions are not stalled.
-    password_hash = await asyncio.to_thread(hash_password, data.password)
+    password_hash = await asyncio.get_running_loop().run_in_executor(
+        ctx.services.password_hasher, hash_password, data.password
+    )
     op = ctx.operation(OpKind.ADD_USER, data, password_hash=password_hash, answer="user")
     user: dict[str, Any] = await ctx.start(op)
     return user

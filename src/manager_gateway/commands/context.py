@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Hashable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,9 @@ class Services:
     clock: Clock
     groups: dict[str, GroupConfig]
     digest_key: bytes  # keys idempotency digests so a stored digest reveals nothing of the data
+    # Where AddUser hashes passwords: a small pool of its own, since each scrypt hash holds
+    # 16 MiB while it runs (the loop's default pool would run up to 32 at once).
+    password_hasher: Executor
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import structlog
@@ -27,6 +28,9 @@ from .hub import EventHub
 from .metrics import Metrics, MetricsServer
 
 log = structlog.get_logger("manager_gateway.server")
+
+#: Concurrent AddUser password hashes: scrypt holds 16 MiB each; two keep both cores busy.
+PASSWORD_HASH_THREADS = 2
 
 
 def signing_secret(settings: Settings) -> bytes:
@@ -60,9 +64,12 @@ class Gateway:
             self.storage, self.waiters, self.hub, self.clock, groups,
             settings.idempotency_ttl_s, settings.max_batch, observer=self.metrics,
         )
+        self._password_hasher = ThreadPoolExecutor(
+            max_workers=PASSWORD_HASH_THREADS, thread_name_prefix="password-hash"
+        )
         self.services = Services(
             self.runtime, self.waiters, self.clock, groups,
-            hashlib.sha256(b"idempotency-digest\0" + secret).digest(),
+            hashlib.sha256(b"idempotency-digest\0" + secret).digest(), self._password_hasher,
         )
         self.draining = False
         self.slow_consumer_disconnects = 0
@@ -95,6 +102,7 @@ class Gateway:
             if self._server is not None:
                 self._server.close()
             await self.runtime.stop()  # e.g. a port is taken: close the ledger cleanly
+            self._password_hasher.shutdown(wait=False)
             raise
         self.port = self._server.sockets[0].getsockname()[1]
         log.info(
@@ -135,6 +143,7 @@ class Gateway:
         if in_flight:
             await asyncio.wait(in_flight, timeout=self.settings.shutdown_timeout_s)
         await self.runtime.stop()
+        self._password_hasher.shutdown(wait=False)  # its requests are done or abandoned
         # Sync requests still waiting (their event never came) are answered 503 before closing.
         self.waiters.fail_all(ShuttingDown())
         remaining = [task for conn in self.connections for task in conn.tasks]
