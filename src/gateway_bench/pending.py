@@ -1,21 +1,39 @@
 """Pending Sync requests against a stalled main loop: every one must time out on time, none leak.
 
-The main loop is stalled from outside, without touching the gateway: this process opens the
-ledger file and holds SQLite's write lock (`BEGIN IMMEDIATE`), so the gateway's next commit waits
-in its busy handler (busy_timeout 5 s) and then fails, batch after batch. Accounts are created
-before the lock is taken. Then `requests` `CreditInSync` go out over `connections` sessions
-(event channels off, at most `max_per_connection` each, under max_inflight), as fast as the
-gateway reads them: HealthCheck probes between chunks keep what is sent but unread small, so
-the gateway's timers, not a backlog this process made in the socket buffers, are what is
-measured (`pending_peak` says how many were outstanding at once). Each must be answered
-`504 SYNC_TIMEOUT` within `sync_timeout_ms + slack_ms` of its send.
+Set-up. One account (`login`) is created beforehand on a gateway process of its own
+(`prepare_accounts`: AddUser hashes the password with scrypt, 16 MiB, which must not count as
+the scenario's memory). The measured gateway loads it, serves metrics, and is started with
+`sync_timeout_ms` and a `ledger_busy_timeout_ms` far above the scenario's length, so a commit
+waits for as long as the ledger is locked instead of failing.
 
-Then the lock is released and the queue drains: a sentinel `CreditInSync`, sent after every
-answer arrived (so after every operation was queued), is answered only once the main loop has
-worked through everything ahead of it; a 504 for the sentinel is retried under the same extID,
-which waits for the same outcome (PROTOCOL.md section 7). Memory is read before, at the peak and
-after. The operations still complete after their timeout (section 6), so the ledger grows by
-up to `requests` records and keys: "after" includes that state, not just leftovers.
+The stall. This process opens the ledger and holds SQLite's write lock (`BEGIN IMMEDIATE`),
+then sends one valid "plug" `CreditInSync` for the account and a HealthCheck on the same
+connection, and waits for the HealthCheck's answer. The gateway handles a connection's frames
+in order, and its main loop takes the plug into a batch and starts that batch's commit (which
+now waits for the lock) before the HealthCheck's answer is written: from then on the main loop
+is stalled. The metrics are read at that point, with nothing slept: the main-loop queue should
+be 0 and one waiter (the plug's) pending.
+
+The burst. `requests` `CreditInSync` for logins that do not exist (`missing_login` + seq, valid
+ints) go out over `connections` sessions (event channels off, at most `max_per_connection`
+each, under max_inflight), as fast as the gateway reads them: HealthCheck probes between chunks
+keep what is sent but unread small, so the gateway's timers, not a backlog this process made in
+the socket buffers, are what is measured (`pending_peak` says how many were outstanding at
+once). They queue behind the plug's batch, and each must be answered `504 SYNC_TIMEOUT` within
+`sync_timeout_ms + slack_ms` of its send.
+
+The release. The lock is released and the plug's batch commits (one record; its waiter timed
+out long before, so nobody is answered). The main loop then refuses every queued operation with
+USER_NOT_FOUND; their waiters are gone, so again nobody is answered, and the ledger does not
+grow. A sentinel `CreditInSync` for the account, sent after the release, is answered only once
+everything ahead of it is done; a 504 for it is retried under the same extID, which waits for
+the same outcome (PROTOCOL.md section 7). The ledger then holds two records: plug and sentinel.
+
+Memory. The gateway's resident memory before the burst (once stalled), at its peak and after
+the drain is reported for the record only: CPython's allocators keep freed pages, so RSS stays
+up after a burst with nothing held. What shows a leak is `gateway_python_allocated_blocks`
+(live allocations, from the gateway's metrics) at the same three points; after the drain it is
+read `settle_scrapes` times, with HealthChecks between, and the lowest reading counts.
 """
 
 from __future__ import annotations
@@ -26,9 +44,10 @@ import sqlite3
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +67,14 @@ from .sessions import (
     percentile,
 )
 
-WAITER_METRICS = ("gateway_sync_waiters", "gateway_main_loop_queued_operations",
-                  "gateway_connections_open", "process_resident_memory_bytes")
+BLOCKS = "gateway_python_allocated_blocks"
+WAITERS = "gateway_sync_waiters"
+QUEUED = "gateway_main_loop_queued_operations"
+COMMIT_FAILURES = "gateway_ledger_commit_failures_total"
+GAUGES = (WAITERS, QUEUED, BLOCKS, COMMIT_FAILURES, "gateway_connections_open",
+          "process_resident_memory_bytes")
+EXPECTED_RECORDS = 2  # the plug and the sentinel: the burst's operations are all refused
+Scrape = Callable[[], Awaitable[dict[str, float] | None]]
 
 
 @dataclass
@@ -60,16 +85,25 @@ class PendingSpec:
     probe_every: int = 10  # requests per connection between HealthCheck probes (see send_all)
     probe_timeout_s: float = 30.0
     sync_timeout_ms: int = 5000  # the gateway's setting (it is started with it)
+    # Also the gateway's: how long its stalled commit waits for the lock. It must outlast the
+    # scenario, or the plug's batch fails while the lock is held and the queue behind it is
+    # refused (404) before its timers fire.
+    ledger_busy_timeout_ms: int = 600_000
     slack_ms: int = 100  # an answer later than timeout + slack after its send is late
-    accounts: int = 100
-    first_login: int = 700_000
+    login: int = 700_000  # the one account: the plug and the sentinel credit it
+    missing_login: int = 900_000_000  # the burst credits missing_login + seq: none exists
+    accounts: int = 1  # not used: one account is enough (bench.py sets it on every phase)
     answer_grace_s: float = 10.0  # after the last send + timeout: how long to wait for answers
     drain_timeout_s: float = 120.0
+    settle_scrapes: int = 3  # readings of the allocated blocks after the drain
+    settle_probes: int = 100  # HealthChecks between them: allocations that run the young GC
     metrics_port: int | None = None
     create_accounts: bool = True  # False: `prepare_accounts` ran already (on another process)
 
 
 class PendingRun:
+    """The scenario's bookkeeping: per request its send, its answer and when it came."""
+
     def __init__(self, spec: PendingSpec) -> None:
         self.spec = spec
         self.sent_at = array("d", bytes(8 * spec.requests))
@@ -86,6 +120,25 @@ class PendingRun:
         self.ext_prefix = next_ext_id("pd-") + "-"  # + seq: the gateway's log names the request
         self.clock_offset = time.time() - time.perf_counter()  # perf_counter -> unix seconds
         self.all_answered = asyncio.get_running_loop().create_future()
+        self.plug_sent = 0.0  # perf_counter; 0.0: no plug was sent
+        self.plug_answer: str | None = None
+
+    async def plug(self, client: GatewayClient) -> None:
+        """Stall the main loop (the ledger must be locked already): a valid Sync credit, then a
+        HealthCheck on the same connection, whose answer is written only after the main loop
+        took the credit into a batch and started that batch's (blocked) commit."""
+        data = {"login": self.spec.login, "amount": 1.0, "comment": "pending-plug"}
+        self.plug_sent = time.perf_counter()
+        client.send_cb("CreditInSync", data, f"{self.ext_prefix}plug", self._plug_answered)
+        try:
+            await client.request("HealthCheck", {}, timeout=self.spec.probe_timeout_s)
+        except (TimeoutError, ConnectionError) as exc:
+            raise ScenarioError(f"HealthCheck after the plug: {exc!r}") from exc
+
+    def _plug_answered(self, _ext_id: str, reply: dict[str, Any] | ConnectionError) -> None:
+        if not (self.closing and isinstance(reply, ConnectionError)):
+            self.plug_answer = ("client/CONNECTION_LOST" if isinstance(reply, ConnectionError)
+                                else describe(reply))
 
     def answer(self, seq: int, reply: dict[str, Any] | ConnectionError) -> None:
         now = time.perf_counter()
@@ -125,7 +178,7 @@ class PendingRun:
         spec = self.spec
         for first in range(0, len(seqs), spec.probe_every):
             for seq in seqs[first:first + spec.probe_every]:
-                data = {"login": spec.first_login + seq % spec.accounts, "amount": 1.0,
+                data = {"login": spec.missing_login + seq, "amount": 1.0,
                         "comment": f"pending-{seq}"}
                 ext_id = f"{self.ext_prefix}{seq}"
                 self.sent_at[seq] = time.perf_counter()
@@ -175,95 +228,151 @@ async def run_pending(
     try:
         await bind_sessions(clients, token, events=False)
         if spec.create_accounts:
-            await create_accounts(clients[0], _logins(spec), "pending")
-        metrics_before = await _metrics(host, spec.metrics_port)
-        rss_before = read_rss()
-        sampler.start()
-        lock = await asyncio.to_thread(LedgerLock, ledger_path)
-        try:
-            started, started_unix = time.perf_counter(), time.time()
-            await run.send_all(clients)
-            send_s = time.perf_counter() - started
-            metrics_peak = await _metrics(host, spec.metrics_port)
-            wait_s = spec.sync_timeout_ms / 1000 + spec.answer_grace_s
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(run.all_answered), wait_s)
-            answered_s = time.perf_counter() - started
-        finally:
-            held_s = await asyncio.to_thread(lock.release)
-        drain = await _drain(clients[0], spec)
-        records = await asyncio.to_thread(_count_records, ledger_path)
-        rss_peak = await sampler.stop()
-        rss_after = read_rss()
-        metrics_after = await _metrics(host, spec.metrics_port)
+            await create_accounts(clients[0], [spec.login], "pending")
+        seen = await _stall_and_release(run, clients, ledger_path, sampler, read_rss,
+                                        partial(_metrics, host, spec.metrics_port))
     finally:
         await sampler.stop()
         run.closing = True
         await close_clients(clients)
-    latencies = sorted(run.latency_ms)
-    missing = spec.requests - sum(run.answered)
     logged = None if gateway_log is None else await asyncio.to_thread(
         timeouts_in_log, gateway_log, run
     )
     return {
+        **_answers(run),
+        "gateway_logged_timeouts": logged,
+        "stall": _stall(seen["stalled"], run),
+        "send_started_unix": seen["send_started_unix"],  # to line up with the gateway's log
+        "send_s": seen["send_s"],
+        "send_rate_per_s": round(run.sent / max(seen["send_s"], 1e-3), 1),
+        "answered_after_s": seen["answered_s"],
+        "lock_held_s": seen["held_s"],
+        "drain": seen["drain"],
+        "ledger_records_after": seen["records"],
+        "ledger_records_expected": EXPECTED_RECORDS,
+        "ledger_as_expected": seen["records"] == EXPECTED_RECORDS,
+        "ledger_commit_failures": _value(seen["after"][-1], COMMIT_FAILURES),
+        **_memory(seen, sampler),
+    }
+
+
+async def _stall_and_release(
+    run: PendingRun, clients: list[GatewayClient], ledger_path: Path, sampler: RssSampler,
+    read_rss: Callable[[], int], scrape: Scrape,
+) -> dict[str, Any]:
+    """Lock, plug, burst, wait for the answers, release, drain; the readings along the way."""
+    spec = run.spec
+    seen: dict[str, Any] = {}
+    lock = await asyncio.to_thread(LedgerLock, ledger_path)
+    try:
+        await run.plug(clients[0])
+        seen["stalled"] = await scrape()
+        seen["rss_before"] = read_rss()
+        sampler.start()
+        started, seen["send_started_unix"] = time.perf_counter(), round(time.time(), 3)
+        await run.send_all(clients)
+        seen["send_s"] = round(time.perf_counter() - started, 3)
+        seen["sent"] = await scrape()
+        wait_s = spec.sync_timeout_ms / 1000 + spec.answer_grace_s
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(run.all_answered), wait_s)
+        seen["answered_s"] = round(time.perf_counter() - started, 3)
+        seen["answered"] = await scrape()
+    finally:
+        seen["held_s"] = round(await asyncio.to_thread(lock.release), 3)
+    seen["drain"] = await _drain(clients[0], spec)
+    seen["records"] = await asyncio.to_thread(_count_records, ledger_path)
+    await sampler.stop()
+    seen["rss_after"] = read_rss()
+    seen["after"] = await _settled(clients[0], spec, scrape)
+    return seen
+
+
+def _stall(metrics: dict[str, float] | None, run: PendingRun) -> dict[str, Any]:
+    """What the gateway said once stalled: nothing queued, one waiter (the plug's)."""
+    queued = None if metrics is None else metrics.get(QUEUED)
+    waiters = None if metrics is None else metrics.get(WAITERS)
+    return {"queued_operations": queued, "sync_waiters": waiters,
+            "as_expected": None if metrics is None else queued == 0 and waiters == 1,
+            "plug_answer": run.plug_answer}
+
+
+async def _settled(client: GatewayClient, spec: PendingSpec, scrape: Scrape) -> list[
+        dict[str, float] | None]:
+    """The metrics `settle_scrapes` times after the drain. What the burst left in reference
+    cycles is freed only at the gateway's next garbage collection, which its own allocations
+    trigger: HealthChecks between the readings are those allocations (nothing is slept)."""
+    readings = [await scrape()]
+    for _ in range(spec.settle_scrapes - 1):
+        probes = (client.request("HealthCheck", {}, timeout=spec.probe_timeout_s)
+                  for _ in range(spec.settle_probes))
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            await asyncio.gather(*probes)
+        readings.append(await scrape())
+    return readings
+
+
+def _answers(run: PendingRun) -> dict[str, Any]:
+    spec = run.spec
+    return {
         "spec": asdict(spec),
         "sent": run.sent,
-        "send_started_unix": round(started_unix, 3),  # to line up with the gateway's log
-        "send_s": round(send_s, 3),
-        "send_rate_per_s": round(run.sent / max(send_s, 1e-9), 1),
         "pending_peak": run.pending_peak,
         "probe_failures": run.probe_failures,
         "answers": dict(run.outcomes),
         "timed_out_on_time": run.on_time,
         "timed_out_late": run.late,
         "not_504": sum(n for kind, n in run.outcomes.items() if kind != "504/SYNC_TIMEOUT"),
-        "missing": missing,
+        "missing": spec.requests - sum(run.answered),
         "duplicates": run.duplicates,
         "all_on_time": run.on_time == spec.requests,
-        "answer_ms": _percentiles(latencies),
+        "answer_ms": _percentiles(sorted(run.latency_ms)),
         "limit_ms": spec.sync_timeout_ms + spec.slack_ms,
-        "gateway_logged_timeouts": logged,
-        "answered_after_s": round(answered_s, 3),
-        "lock_held_s": round(held_s, 3),
-        "drain": drain,
-        "ledger_records_after": records,
-        "rss_before_mb": mb(rss_before),
-        "rss_peak_mb": mb(rss_peak),
-        "rss_after_mb": mb(rss_after),
-        "rss_after_minus_before_mb": mb(rss_after - rss_before),
+    }
+
+
+def _memory(seen: dict[str, Any], sampler: RssSampler) -> dict[str, Any]:
+    """RSS for the record; allocated blocks for the judgement (report.py): before the burst
+    (once stalled), the most of the readings with the burst queued, the least after the drain."""
+    stalled, after = seen["stalled"], seen["after"]
+    during = [_value(seen[name], BLOCKS) for name in ("stalled", "sent", "answered")]
+    after_readings = [_value(metrics, BLOCKS) for metrics in after]
+    return {
+        "rss_before_mb": mb(seen["rss_before"]),
+        "rss_peak_mb": mb(sampler.peak),
+        "rss_after_mb": mb(seen["rss_after"]),
         "rss_samples": [[t, mb(v)] for t, v in sampler.samples[:: max(1, len(sampler.samples)
                                                                      // 200)]],
-        "gateway_metrics": {"before": metrics_before, "peak": metrics_peak,
-                            "after": metrics_after},
-        "waiters_after": None if metrics_after is None
-        else metrics_after.get("gateway_sync_waiters"),
-        "memory_note": "operations complete after their timeout, so the ledger state grows by "
-                       "the applied records and idempotency keys; CPython also keeps freed "
-                       "memory, so RSS after is an upper bound of what is still held",
+        "rss_note": "informational: CPython's allocators keep the pages a burst freed for "
+                    "reuse, so RSS stays near its peak with nothing held",
+        "allocated_blocks_before": _value(stalled, BLOCKS),
+        "allocated_blocks_peak": max((v for v in during if v is not None), default=None),
+        "allocated_blocks_after": min((v for v in after_readings if v is not None),
+                                      default=None),
+        "allocated_blocks_after_readings": after_readings,
+        "waiters_after": _value(after[-1], WAITERS),
+        "gateway_metrics": {"stalled": stalled, "all_sent": seen["sent"],
+                            "all_answered": seen["answered"], "after": after[-1]},
     }
 
 
 async def prepare_accounts(host: str, port: int, token: str, spec: PendingSpec) -> None:
-    """Create the scenario's accounts. Run on a gateway of its own, the password hashing's
+    """Create the scenario's account. Run on a gateway of its own, the password hashing's
     memory is not counted in the scenario's "before" (AddUser hashes with scrypt, 16 MiB)."""
     clients, failures = await open_clients(host, port, 1)
     if failures:
         raise ScenarioError(f"cannot connect: {dict(failures)}")
     try:
         await bind_sessions(clients, token, events=False)
-        await create_accounts(clients[0], _logins(spec), "pending")
+        await create_accounts(clients[0], [spec.login], "pending")
     finally:
         await close_clients(clients)
-
-
-def _logins(spec: PendingSpec) -> range:
-    return range(spec.first_login, spec.first_login + spec.accounts)
 
 
 async def _drain(client: GatewayClient, spec: PendingSpec) -> dict[str, Any]:
     """A sentinel Sync, retried under one extID until 200: everything queued before it is done."""
     ext_id = next_ext_id("pd-sentinel-")
-    data = {"login": spec.first_login, "amount": 1.0, "comment": "pending-sentinel"}
+    data = {"login": spec.login, "amount": 1.0, "comment": "pending-sentinel"}
     started = time.perf_counter()
     tries = 0
     last = "none"
@@ -286,11 +395,46 @@ def timeouts_in_log(path: Path, run: PendingRun) -> dict[str, Any] | None:
     """When the gateway timed the requests out, from its `sync_timeouts` warnings (one per
     sweep of its timer: an ISO timestamp and the number `expired`), and how long the answers
     then took to arrive here. The registry expires waiters in the order they were registered,
-    which here is the order they were sent (to within the interleaving of connections), so
-    the i-th request sent is matched to the sweep that expired the i-th waiter. None when the
-    log has no such lines (a gateway that logs timeouts differently)."""
-    first_sent = run.sent_at[0] + run.clock_offset if run.sent else 0.0
-    sweeps: list[tuple[float, int]] = []
+    which here is the plug's first, then the requests' in the order they were sent (to within
+    the interleaving of connections), so the i-th request sent is matched to the sweep that
+    expired the i-th waiter after the plug's. None when the log has no such lines (a gateway
+    that logs timeouts differently)."""
+    first = run.plug_sent or (run.sent_at[0] if run.sent else 0.0)
+    sweeps = _sweeps(path, first + run.clock_offset if first else 0.0)
+    if not sweeps:
+        return None
+    by_send = sorted(range(run.sent), key=run.sent_at.__getitem__)
+    plug = int(run.plug_answer == "504/SYNC_TIMEOUT")  # its waiter was the first to expire
+    gateway_ms, delivery_ms = array("d"), array("d")
+    late = 0
+    end = -plug  # where the next sweep starts in by_send; the plug's place is -1
+    for swept_at, expired in sweeps:
+        start, end = max(end, 0), end + expired
+        for seq in by_send[start:max(end, 0)]:
+            waited = swept_at - (run.sent_at[seq] + run.clock_offset)
+            gateway_ms.append(waited * 1000)
+            late += waited > run.limit_s
+            if run.received_at[seq]:
+                delivery_ms.append((run.received_at[seq] + run.clock_offset - swept_at) * 1000)
+    return {
+        "sweeps": len(sweeps),
+        "expired": sum(expired for _, expired in sweeps),
+        "expired_requests": sum(expired for _, expired in sweeps) - plug,  # without the plug
+        "timed_out_late_by_gateway": late,
+        "send_to_sweep_ms": _percentiles(sorted(gateway_ms)),
+        "sweep_to_receipt_ms": _percentiles(sorted(delivery_ms)),
+        "note": "wall clocks of this process and the gateway (same machine). send_to_sweep is "
+                "when the gateway's timer expired the request (its intake lag included); "
+                "sweep_to_receipt is the 504's way back: the gateway's write, the socket and "
+                "this process's read. Matched by order, so single values are off by the "
+                "interleaving of connections at intake (a few ms; a negative one is that)",
+    }
+
+
+def _sweeps(path: Path, since_unix: float) -> list[tuple[float, int]]:
+    """(unix time, expired) of each `sync_timeouts` line from `since_unix` on: the same log
+    holds the set-up process's lines."""
+    sweeps = []
     with path.open("rb") as log:
         for line in log:
             if b'"sync_timeouts"' not in line:
@@ -301,33 +445,9 @@ def timeouts_in_log(path: Path, run: PendingRun) -> dict[str, Any] | None:
                 expired = int(entry["expired"])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue
-            if swept_at >= first_sent:  # the same log holds the set-up process's lines
+            if swept_at >= since_unix:
                 sweeps.append((swept_at, expired))
-    if not sweeps:
-        return None
-    by_send = sorted(range(run.sent), key=run.sent_at.__getitem__)
-    gateway_ms, delivery_ms = array("d"), array("d")
-    late = matched = 0
-    for swept_at, expired in sweeps:
-        for seq in by_send[matched:matched + expired]:
-            waited = swept_at - (run.sent_at[seq] + run.clock_offset)
-            gateway_ms.append(waited * 1000)
-            late += waited > run.limit_s
-            if run.received_at[seq]:
-                delivery_ms.append((run.received_at[seq] + run.clock_offset - swept_at) * 1000)
-        matched = min(matched + expired, len(by_send))
-    return {
-        "sweeps": len(sweeps),
-        "expired": sum(expired for _, expired in sweeps),
-        "timed_out_late_by_gateway": late,
-        "send_to_sweep_ms": _percentiles(sorted(gateway_ms)),
-        "sweep_to_receipt_ms": _percentiles(sorted(delivery_ms)),
-        "note": "wall clocks of this process and the gateway (same machine). send_to_sweep is "
-                "when the gateway's timer expired the request (its intake lag included); "
-                "sweep_to_receipt is the 504's way back: the gateway's write, the socket and "
-                "this process's read. Matched by order, so single values are off by the "
-                "interleaving of connections at intake (a few ms; a negative one is that)",
-    }
+    return sweeps
 
 
 def _percentiles(ordered: list[float]) -> dict[str, float | None]:
@@ -348,7 +468,11 @@ async def _metrics(host: str, port: int | None) -> dict[str, float] | None:
     values = await scrape_metrics(host, port)
     if values is None:
         return None
-    return {name: values[name] for name in WAITER_METRICS if name in values}
+    return {name: values[name] for name in GAUGES if name in values}
+
+
+def _value(metrics: dict[str, float] | None, name: str) -> float | None:
+    return None if metrics is None else metrics.get(name)
 
 
 def _round(value: float | None) -> float | None:

@@ -29,7 +29,7 @@ def test_overrides_reach_every_phase() -> None:
     o = options("--quick", "--duration", "4", "--warmup", "0", "--connections", "8",
                 "--inflight", "2", "--accounts", "7", "--pending-requests", "2500")
     assert (o.duration_s, o.warmup_s, o.connections, o.inflight) == (4.0, 0.0, 8, 2)
-    assert o.fanout.accounts == o.pending.accounts == 7
+    assert o.fanout.accounts == 7
     assert o.fanout.duration_s == 4.0 and o.fanout.warmup_s == 0.0
     assert o.pending.requests == 2500 and o.pending.connections == 3  # 1000 per connection
 
@@ -170,7 +170,8 @@ def test_a_tiny_whole_run_writes_figures_and_plots(tmp_path: Path) -> None:
     assert document["fanout"]["every_event_once"]
     assert document["idle"]["authenticated"] == 20
     assert document["pending"]["answers"] == {"504/SYNC_TIMEOUT": 100}
-    assert document["pending"]["gateway_logged_timeouts"]["expired"] == 100
+    assert document["pending"]["gateway_logged_timeouts"]["expired_requests"] == 100
+    assert document["pending"]["ledger_records_after"] == 2
     assert document["settings"]["ledger_synchronous"] == "FULL"
     for name in ("gateway-timeline.png", "single-latency.png", "baseline-timeline.png",
                  "comparison-throughput.png", "fanout-delay.png", "pending-memory.png"):

@@ -16,6 +16,7 @@ import pytest
 
 from gateway_bench.fanout import FanoutSpec, run_fanout
 from gateway_bench.idle import IdleSpec, run_idle
+from gateway_bench.monitor import free_port
 from gateway_bench.pending import PendingRun, PendingSpec, run_pending, timeouts_in_log
 from gateway_bench.sessions import percentile
 
@@ -60,19 +61,28 @@ async def test_idle_holds_and_releases_every_connection(make_gateway: GatewayFac
 async def test_pending_sync_answers_every_request_504_and_leaks_no_waiter(
     make_gateway: GatewayFactory,
 ) -> None:
-    """Against a held ledger lock every Sync request gets exactly one 504, then the queue drains
-    and the gateway holds no waiter."""
-    gw = await make_gateway(sync_timeout_ms=300)
+    """Behind a plug stalled on a held ledger lock every Sync request gets exactly one 504; after
+    the release only the plug and the sentinel are recorded, and the gateway holds no waiter."""
+    metrics_port = free_port()
+    gw = await make_gateway(sync_timeout_ms=300, ledger_busy_timeout_ms=600_000,
+                            metrics_port=metrics_port)
     spec = PendingSpec(requests=500, connections=5, max_per_connection=100,
-                       sync_timeout_ms=300, accounts=5)
+                       sync_timeout_ms=300, metrics_port=metrics_port)
     result = await run_pending("127.0.0.1", gw.port, gw.token(), gw.data_dir / "ledger.db",
                                spec, own_rss)
     assert result["sent"] == 500
     assert result["answers"] == {"504/SYNC_TIMEOUT": 500}
     assert result["timed_out_on_time"] + result["timed_out_late"] == 500
     assert result["missing"] == result["not_504"] == result["duplicates"] == 0
+    assert result["stall"]["queued_operations"] == 0  # the plug's batch was taken, then stalled
+    assert result["stall"]["plug_answer"] == "504/SYNC_TIMEOUT"
     assert result["drain"]["drained"]
-    assert result["ledger_records_after"] >= 1  # the sentinel, at least, was applied
+    assert result["ledger_records_after"] == 2 and result["ledger_as_expected"]
+    assert result["ledger_commit_failures"] == 0
+    assert result["waiters_after"] == 0
+    assert len(result["allocated_blocks_after_readings"]) == spec.settle_scrapes
+    for name in ("before", "peak", "after"):
+        assert result[f"allocated_blocks_{name}"] > 0
     probe = await gw.client()
     await wait_until(probe, lambda: gw.gateway.waiters.pending_count() == 0)
     assert gw.gateway.waiters.bound_count() == 0
@@ -106,6 +116,28 @@ async def test_timeout_sweeps_in_the_gateway_log_are_matched_in_send_order(
     assert (found["sweeps"], found["expired"], found["timed_out_late_by_gateway"]) == (2, 3, 1)
     assert found["send_to_sweep_ms"]["p0"] == 950.0
     assert found["send_to_sweep_ms"]["p100"] == 1300.0
+
+
+async def test_the_plugs_timeout_is_not_matched_to_a_request(tmp_path: Path) -> None:
+    """The plug's waiter expires first, in the first sweep after its send: the requests are
+    matched from the waiter after it."""
+    run = PendingRun(PendingSpec(requests=2, sync_timeout_ms=1000, slack_ms=100))
+    run.clock_offset = 1_700_000_000.0
+    run.plug_sent, run.plug_answer = 99.9, "504/SYNC_TIMEOUT"
+    for seq, sent in enumerate((100.0, 100.5)):
+        run.sent_at[seq] = sent
+        run.received_at[seq] = sent + 1.05
+    run.sent = 2
+    log = tmp_path / "gateway.log"
+    log.write_bytes(b"\n".join(orjson.dumps({
+        "expired": expired, "event": "sync_timeouts",
+        "timestamp": datetime.fromtimestamp(at, UTC).isoformat(),
+    }) for expired, at in ((2, 1_700_000_100.95), (1, 1_700_000_101.5))))
+    found = timeouts_in_log(log, run)
+    assert found is not None
+    assert (found["expired"], found["expired_requests"]) == (3, 2)
+    assert found["send_to_sweep_ms"]["p0"] == 950.0  # request 0 in the plug's sweep
+    assert found["send_to_sweep_ms"]["p100"] == 1000.0  # request 1 in the next
 
 
 def test_percentile_is_nearest_rank() -> None:
