@@ -56,18 +56,19 @@ def fanout_delay_chart(fanout: dict[str, Any], path: Path) -> Path:
 
 
 def pending_memory_chart(pending: dict[str, Any], path: Path) -> Path:
-    """Gateway RSS while the Sync requests were pending and draining."""
+    """Gateway RSS while the Sync requests were pending and draining; the allocated blocks
+    (what the leak check judges) in the title, since RSS stays up after a burst regardless."""
     fig = Figure(figsize=(9, 4.5), layout="constrained")
     ax = fig.subplots()
     samples = pending.get("rss_samples") or []
     ax.plot([t for t, _ in samples], [rss for _, rss in samples], color="tab:purple")
     ax.axhline(pending["rss_before_mb"], color="gray", linestyle="--", label="before")
-    fresh = pending.get("rss_fresh_same_ledger_mb")
-    if fresh is not None:
-        ax.axhline(fresh, color="tab:green", linestyle=":", label="fresh process, same ledger")
+    blocks = [pending.get(f"allocated_blocks_{when}") for when in ("before", "peak", "after")]
+    blocks_text = " -> ".join("-" if b is None else f"{b:,.0f}" for b in blocks)
     ax.set_title(f"pending Sync: gateway RSS, {pending['sent']:,} requests "
-                 f"(peak {pending['rss_peak_mb']} MB, after {pending['rss_after_mb']} MB)")
-    ax.set_xlabel("seconds since the stall began")
+                 f"(peak {pending['rss_peak_mb']} MB, after {pending['rss_after_mb']} MB)\n"
+                 f"Python allocated blocks before -> peak -> after: {blocks_text}")
+    ax.set_xlabel("seconds since the burst began")
     ax.set_ylabel("RSS (MB)")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)

@@ -65,8 +65,9 @@ IDLE = {"spec": {"connections": 10_000}, "authenticated": 10_000, "held_open": 1
         "health_check": "200", "rss_before_mb": 42.0, "rss_held_mb": 81.5, "rss_after_mb": 74.0}
 PENDING = {"spec": {"requests": 100_000}, "timed_out_on_time": 100_000, "timed_out_late": 0,
            "not_504": 0, "missing": 0, "pending_peak": 99_000, "waiters_after": 0.0,
-           "rss_before_mb": 43.0, "rss_peak_mb": 443.0, "rss_after_mb": 220.0,
-           "rss_fresh_same_ledger_mb": 195.0}
+           "rss_before_mb": 43.0, "rss_peak_mb": 443.0, "rss_after_mb": 420.0,
+           "allocated_blocks_before": 250_000.0, "allocated_blocks_peak": 3_500_000.0,
+           "allocated_blocks_after": 264_000.0}  # limit: 250,000 x 1.02 + 10,000 = 265,000
 
 
 def results(**sections: Any) -> dict[str, Any]:
@@ -108,7 +109,7 @@ def test_targets_are_judged_from_the_figures() -> None:
     assert met["idle: gateway RSS with all held"] is True
     assert met["pending Sync: all 504 within timeout + 100 ms"] is True
     assert met["pending Sync: no waiter left (gateway metrics)"] is True
-    assert met["pending Sync: RSS after - fresh process on the same ledger"] is True  # 25 <= 40
+    assert met["pending Sync: allocated blocks back to the starting level"] is True
 
 
 def test_missed_targets_and_errors() -> None:
@@ -116,14 +117,25 @@ def test_missed_targets_and_errors() -> None:
     runs = {"gateway": load_run(5_000.0, 9.0, 40.0, {"504/SYNC_TIMEOUT": 3}),
             "single": load_run(900.0, 1.2, 4.0), "baseline": load_run(20_000.0, 2.0, 5.0)}
     pending = {**PENDING, "timed_out_on_time": 99_990, "timed_out_late": 10,
-               "waiters_after": 2.0, "rss_after_mb": 400.0}
+               "waiters_after": 2.0, "allocated_blocks_after": 266_000.0}
     met = verdicts(results(runs=runs, pending=pending))
     assert met["CreditInSync 50x4: throughput / baseline"] is False  # 0.25
     assert met["CreditInSync 50x4: errors and mismatches"] is False
     assert met["CreditInSync 1x1: p99 (durable commits)"] is False
     assert met["pending Sync: all 504 within timeout + 100 ms"] is False
     assert met["pending Sync: no waiter left (gateway metrics)"] is False
-    assert met["pending Sync: RSS after - fresh process on the same ledger"] is False
+    assert met["pending Sync: allocated blocks back to the starting level"] is False
+
+
+def test_allocated_blocks_are_judged_against_the_starting_level() -> None:
+    """Blocks after the drain may exceed those before the burst by 2% + 10,000; RSS is not
+    judged, and without the gateway's metrics the target is n/a."""
+    name = "pending Sync: allocated blocks back to the starting level"
+    at_limit = {**PENDING, "allocated_blocks_after": 265_000.0, "rss_after_mb": 443.0}
+    assert verdicts(results(pending=at_limit))[name] is True
+    no_metrics = {**PENDING, "allocated_blocks_before": None, "allocated_blocks_peak": None,
+                  "allocated_blocks_after": None}
+    assert verdicts(results(pending=no_metrics))[name] is None
 
 
 def test_skipped_phases_are_not_judged() -> None:
