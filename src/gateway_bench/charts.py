@@ -57,7 +57,7 @@ def fanout_delay_chart(fanout: dict[str, Any], path: Path) -> Path:
 
 def pending_memory_chart(pending: dict[str, Any], path: Path) -> Path:
     """Gateway RSS while the Sync requests were pending and draining; the allocated blocks
-    (what the leak check judges) in the title, since RSS stays up after a burst regardless."""
+    (what the leak check judges) in the title: RSS stays above its start after a burst."""
     fig = Figure(figsize=(9, 4.5), layout="constrained")
     ax = fig.subplots()
     samples = pending.get("rss_samples") or []

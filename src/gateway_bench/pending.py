@@ -30,8 +30,9 @@ everything ahead of it is done; a 504 for it is retried under the same extID, wh
 the same outcome (PROTOCOL.md section 7). The ledger then holds two records: plug and sentinel.
 
 Memory. The gateway's resident memory before the burst (once stalled), at its peak and after
-the drain is reported for the record only: CPython's allocators keep freed pages, so RSS stays
-up after a burst with nothing held. What shows a leak is `gateway_python_allocated_blocks`
+the drain is reported for the record only: CPython's allocators keep part of what a burst
+freed (arenas with a block still in use, malloc's heap), so RSS stays above its starting level
+with nothing held. What shows a leak is `gateway_python_allocated_blocks`
 (live allocations, from the gateway's metrics) at the same three points; after the drain it is
 read `settle_scrapes` times, with HealthChecks between, and the lowest reading counts.
 """
@@ -343,8 +344,9 @@ def _memory(seen: dict[str, Any], sampler: RssSampler) -> dict[str, Any]:
         "rss_after_mb": mb(seen["rss_after"]),
         "rss_samples": [[t, mb(v)] for t, v in sampler.samples[:: max(1, len(sampler.samples)
                                                                      // 200)]],
-        "rss_note": "informational: CPython's allocators keep the pages a burst freed for "
-                    "reuse, so RSS stays near its peak with nothing held",
+        "rss_note": "informational: CPython's allocators keep part of what a burst freed "
+                    "(arenas with a block still in use, malloc's heap), so RSS stays above "
+                    "its starting level with nothing held",
         "allocated_blocks_before": _value(stalled, BLOCKS),
         "allocated_blocks_peak": max((v for v in during if v is not None), default=None),
         "allocated_blocks_after": min((v for v in after_readings if v is not None),

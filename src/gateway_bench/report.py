@@ -190,8 +190,9 @@ def blocks_limit(before: float) -> float:
 
 def _blocks_target(pending: dict[str, Any]) -> Target:
     """Python's allocated blocks (live allocations) after the drain against before the burst.
-    Not resident memory: CPython keeps freed pages, so RSS stays up after a burst with nothing
-    held (its figures are in results.json and the detail, for the record)."""
+    Not resident memory: CPython's allocators keep part of what a burst freed, so RSS stays
+    above its starting level with nothing held (its figures are in results.json and the detail,
+    for the record)."""
     before, peak = pending.get("allocated_blocks_before"), pending.get("allocated_blocks_peak")
     after = pending.get("allocated_blocks_after")
     detail = (f"blocks before {_fmt(before)}, peak {_fmt(peak)}; RSS "
