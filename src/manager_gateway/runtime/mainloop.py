@@ -132,9 +132,12 @@ class MainLoop:
                 await self._wake
                 self._wake = None
                 continue
-            ops = self._queue[: self._max_batch]
+            batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
-            await self._process(ops)
+            await self._process(batch)
+            # Not held while waiting for the next wake-up: the last batch's operations (their
+            # data, waiters and answers) would stay alive until then, up to max_batch of them.
+            del batch
 
     async def _process(self, ops: list[Operation]) -> None:
         if not ops:
