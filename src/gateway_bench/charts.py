@@ -10,9 +10,8 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, NullLocator
 
-_TAIL_TICKS = (0.0, 0.5, 0.9, 0.99, 0.999, 0.9999)
+from .plot import draw_spectrum
 
 
 def comparison_chart(runs: dict[str, dict[str, Any]], path: Path) -> Path:
@@ -36,22 +35,13 @@ def fanout_delay_chart(fanout: dict[str, Any], path: Path) -> Path:
     """Send-to-receipt delay by percentile, HDR style (the tail spread out on a log axis)."""
     fig = Figure(figsize=(9, 5), layout="constrained")
     ax = fig.subplots()
-    points = [(q, ms) for q, ms in fanout["delay_histogram_ms"] if q < 1.0]
-    if points:
-        ax.plot([1 / (1 - q) for q, _ in points], [ms for _, ms in points], color="tab:red")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(FixedLocator([1 / (1 - t) for t in _TAIL_TICKS]))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([f"{t * 100:g}%" for t in _TAIL_TICKS])
-    ax.set_xlabel("percentile")
-    ax.set_ylabel("writer send to listener receipt (ms)")
-    ax.set_ylim(bottom=0)
+    draw_spectrum(ax, fanout["delay_histogram_ms"], "writer send to listener receipt (ms)",
+                  "no events")
     delay = fanout["delay_ms"]
     ax.set_title(
         f"fan-out to {fanout['listeners']} listeners: {fanout['delivered_per_s']:,.0f} events/s, "
         f"p50 {delay['p50']} ms, p99 {delay['p99']} ms ({delay['count']:,} events)"
     )
-    ax.grid(True, which="major", alpha=0.3)
     return _save(fig, path)
 
 

@@ -33,6 +33,10 @@ class IdleSpec:
     metrics_port: int | None = None  # the gateway's Prometheus endpoint, when it serves one
 
 
+#: The gauges the scenario reports.
+GAUGES = ("gateway_connections_open", "gateway_sessions", "process_resident_memory_bytes")
+
+
 async def run_idle(
     host: str, port: int, token: str, spec: IdleSpec, read_rss: Callable[[], int]
 ) -> dict[str, Any]:
@@ -54,7 +58,7 @@ async def run_idle(
         health = await outcome(probe_clients[0], "HealthCheck", {})
         health_ms = round((time.perf_counter() - t0) * 1000, 3)
     rss_held = read_rss()
-    metrics_held = await _metrics(host, spec.metrics_port)
+    metrics_held = await scrape_metrics(host, spec.metrics_port, GAUGES)
     still_open = sum(1 for client in clients if not client.closed)
     await close_clients(clients)
     # The gateway notices the closes in its own time; a round trip on the probe connection
@@ -62,7 +66,7 @@ async def run_idle(
     health_after = await outcome(probe_clients[0], "HealthCheck", {}) if probe_clients else None
     await wait_closed_by_gateway(host, spec.metrics_port, expected=1)
     rss_after = read_rss()
-    metrics_after = await _metrics(host, spec.metrics_port)
+    metrics_after = await scrape_metrics(host, spec.metrics_port, GAUGES)
     await close_clients(probe_clients)
     held = outcomes.get("200", 0)
     return {
@@ -87,16 +91,6 @@ async def run_idle(
         "gateway_metrics_held": metrics_held,
         "gateway_metrics_after": metrics_after,
     }
-
-
-async def _metrics(host: str, port: int | None) -> dict[str, float] | None:
-    if port is None:
-        return None
-    values = await scrape_metrics(host, port)
-    if values is None:
-        return None
-    wanted = ("gateway_connections_open", "gateway_sessions", "process_resident_memory_bytes")
-    return {name: values[name] for name in wanted if name in values}
 
 
 async def wait_closed_by_gateway(

@@ -2,7 +2,7 @@
 
 Resident memory is what the operating system charges the process; CPython seldom hands freed
 memory back, so after a burst RSS can stay high with nothing leaked. When the gateway serves
-Prometheus metrics (setting `metrics_port`, added by a separate change and optional here), its
+Prometheus metrics (setting `metrics_port`; optional here), its
 own gauges, such as `gateway_sync_waiters`, say whether anything is still held.
 """
 
@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterable
+
+from prometheus_client.parser import text_string_to_metric_families
 
 SAMPLE_INTERVAL_S = 0.05
 
@@ -64,38 +67,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-async def scrape_metrics(host: str, port: int, timeout_s: float = 5.0) -> dict[str, float] | None:
-    """GET /metrics and sum each metric's samples over their labels; None when nothing serves it."""
+async def scrape_metrics(
+    host: str, port: int | None, names: Iterable[str] | None = None, timeout_s: float = 5.0
+) -> dict[str, float] | None:
+    """GET /metrics and sum each sample's value per name over its labels (only `names`, when
+    given); None when there is no port or nothing serves it. Parsed by prometheus_client."""
+    if port is None:
+        return None
+    url = f"http://{host}:{port}/metrics"
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-    except (OSError, TimeoutError):
+        text = await asyncio.to_thread(_get, url, timeout_s)
+    except (OSError, ValueError):
         return None
-    try:
-        writer.write(f"GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-        body = await asyncio.wait_for(reader.read(), timeout_s)
-    except (OSError, TimeoutError):
-        return None
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    head, _, text = body.partition(b"\r\n\r\n")
-    if b" 200 " not in head.split(b"\r\n", 1)[0]:
-        return None
-    return parse_metrics(text.decode(errors="replace"))
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text format -> {name: sum of its samples}; labels are folded away."""
     values: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_part, _, rest = line.partition(" ") if "{" not in line else line.partition("} ")
-        name = name_part.split("{", 1)[0]
-        try:
-            value = float(rest.split()[0])
-        except (IndexError, ValueError):
-            continue
-        values[name] = values.get(name, 0.0) + value
-    return values
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    if names is None:
+        return values
+    return {name: values[name] for name in names if name in values}
+
+
+def _get(url: str, timeout_s: float) -> str:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        body: bytes = response.read()
+    return body.decode(errors="replace")

@@ -231,7 +231,7 @@ async def run_pending(
         if spec.create_accounts:
             await create_accounts(clients[0], [spec.login], "pending")
         seen = await _stall_and_release(run, clients, ledger_path, sampler, read_rss,
-                                        partial(_metrics, host, spec.metrics_port))
+                                        partial(scrape_metrics, host, spec.metrics_port, GAUGES))
     finally:
         await sampler.stop()
         run.closing = True
@@ -462,15 +462,6 @@ def _count_records(path: Path) -> int:
         count: int = db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
     db.close()
     return count
-
-
-async def _metrics(host: str, port: int | None) -> dict[str, float] | None:
-    if port is None:
-        return None
-    values = await scrape_metrics(host, port)
-    if values is None:
-        return None
-    return {name: values[name] for name in GAUGES if name in values}
 
 
 def _value(metrics: dict[str, float] | None, name: str) -> float | None:

@@ -8,8 +8,10 @@ spreads the tail (90%, 99%, 99.9%, ...) evenly instead of squashing it against t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
@@ -52,29 +54,37 @@ def _timeline_figure(result: LoadResult, name: str) -> Figure:
 def _distribution_figure(result: LoadResult, name: str) -> Figure:
     fig = Figure(figsize=(9, 5), layout="constrained")
     ax = fig.subplots()
-    # The last step of the spectrum is q = 1, which the 1/(1-q) axis cannot place.
-    points = [(q, ms) for q, ms in result.histogram.spectrum() if q < 1.0]
+    draw_spectrum(ax, result.histogram.spectrum(), "latency (ms)", "no answers")
+    summary = result.histogram.summary()
+    ax.set_title(
+        f"{name}: latency by percentile ({summary['count']} answers"
+        + (f", max {summary['max_ms']:.2f} ms)" if summary["count"] else ")")
+    )
+    return fig
+
+
+def draw_spectrum(
+    ax: Axes, spectrum: Iterable[tuple[float, float]], ylabel: str, empty: str
+) -> None:
+    """Milliseconds by percentile `q` on a 1/(1-q) log axis (HDR style), ticks at the usual
+    percentiles down to about ten times the deepest one measured; `empty` when there is none."""
+    # The last step of a spectrum is q = 1, which the 1/(1-q) axis cannot place.
+    points = [(q, ms) for q, ms in spectrum if q < 1.0]
     if points:
         ax.plot([1 / (1 - q) for q, _ in points], [ms for _, ms in points], color="tab:red")
         deepest = max(1 / (1 - q) for q, _ in points)
         ticks = [t for t in _TAIL_TICKS if 1 / (1 - t) <= deepest * 10]
     else:
-        ax.text(0.5, 0.5, "no answers", transform=ax.transAxes, ha="center")
+        ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center")
         ticks = list(_TAIL_TICKS[:3])
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(FixedLocator([1 / (1 - t) for t in ticks]))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticklabels([f"{t * 100:g}%" for t in ticks])
     ax.set_xlabel("percentile")
-    ax.set_ylabel("latency (ms)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
-    summary = result.histogram.summary()
-    ax.set_title(
-        f"{name}: latency by percentile ({summary['count']} answers"
-        + (f", max {summary['max_ms']:.2f} ms)" if summary["count"] else ")")
-    )
     ax.grid(True, which="major", alpha=0.3)
-    return fig
 
 
 def _save(fig: Figure, path: Path) -> Path:
