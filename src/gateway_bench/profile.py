@@ -98,7 +98,8 @@ def _py_spy() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tools/profile", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=15.0, help="seconds sampled")
-    parser.add_argument("--out", type=Path, default=Path("profile-out"), help="output dir")
+    parser.add_argument("--out", type=Path, default=Path("var/profile"),
+                        help="output dir (default var/profile, which git ignores)")
     parser.add_argument("--all-threads", action="store_true",
                         help="sample every thread, not only the one holding the GIL")
     return parser
