@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     max_inflight: Annotated[int, Field(ge=1)] = 1024
     max_outbound_bytes: Annotated[int, Field(ge=64 * 1024)] = 8 * 1024 * 1024
     max_auth_failures: Annotated[int, Field(ge=1)] = 10
+    # After a connection is closed for max_auth_failures, new ones from its address are refused
+    # for auth_penalty_s, doubling with each further closure up to auth_penalty_max_s.
+    auth_penalty_s: Annotated[float, Field(ge=0)] = 1.0
+    auth_penalty_max_s: Annotated[float, Field(ge=0)] = 60.0
     auth_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     frame_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     max_connections: Annotated[int, Field(ge=1)] = 20_000

@@ -122,9 +122,14 @@ async def test_bound_token_expiry_is_checked_on_every_use(
     assert (await client.ok("GetGroups", {}))["count"] == 1
 
 
-async def test_consecutive_auth_failures_close_the_connection(make_gateway: GatewayFactory) -> None:
-    """`max_auth_failures` consecutive invalid tokens close the connection; a valid one resets."""
-    h = await make_gateway(max_auth_failures=3)
+async def test_consecutive_auth_failures_close_the_connection(
+    make_gateway: GatewayFactory, frozen_clock: FakeClock
+) -> None:
+    """`max_auth_failures` consecutive invalid tokens close the connection; a valid one resets.
+    Sessions already open from the same address keep working; new connections from it are
+    refused for `auth_penalty_s`, then accepted again."""
+    h = await make_gateway(max_auth_failures=3, clock=frozen_clock, auth_penalty_s=2.0)
+    bystander = await h.client()
     client = await bare(h)
     for _ in range(2):
         assert await status(client, "GetGroups", {}, token="bad") == (401, "INVALID_TOKEN")
@@ -135,6 +140,10 @@ async def test_consecutive_auth_failures_close_the_connection(make_gateway: Gate
     assert not client.closed.is_set()
     assert await status(client, "GetGroups", {}, token="bad") == (401, "INVALID_TOKEN")
     await asyncio.wait_for(client.closed.wait(), 5)
+    assert (await bystander.ok("GetGroups"))["count"] == 1
+    refused = await bare(h)
+    await asyncio.wait_for(refused.closed.wait(), 5)  # closed at once: the address is penalised
+    frozen_clock.advance(2.0)
     other = await h.client()
     assert (await other.ok("GetGroups"))["count"] == 1
 

@@ -26,6 +26,7 @@ from ..waiters import WaiterRegistry
 from .connection import Connection
 from .hub import EventHub
 from .metrics import Metrics, MetricsServer
+from .throttle import AuthThrottle
 
 log = structlog.get_logger("manager_gateway.server")
 
@@ -70,6 +71,9 @@ class Gateway:
         self.services = Services(
             self.runtime, self.waiters, self.clock, groups,
             hashlib.sha256(b"idempotency-digest\0" + secret).digest(), self._password_hasher,
+        )
+        self.auth_throttle = AuthThrottle(
+            self.clock, settings.auth_penalty_s, settings.auth_penalty_max_s
         )
         self.draining = False
         self.slow_consumer_disconnects = 0
@@ -119,13 +123,22 @@ class Gateway:
         context.load_cert_chain(cert, key)
         return context
 
-    def admit(self, connection: Connection) -> bool:
-        if len(self.hub.connections) >= self.settings.max_connections or self.draining:
+    def admit(self, connection: Connection) -> str | None:
+        """Take a new connection in; else why it is refused."""
+        if self.draining:
+            refused: str | None = "draining"
+        elif len(self.hub.connections) >= self.settings.max_connections:
+            refused = "max_connections"
+        elif self.auth_throttle.refuses(connection.address):
+            refused = "auth_penalty"
+        else:
+            refused = None
+        if refused is not None:
             self.metrics.connections_refused += 1
-            return False
+            return refused
         self.metrics.connections_accepted += 1
         self.hub.connections.add(connection)
-        return True
+        return None
 
     def forget(self, connection: Connection) -> None:
         self.hub.connections.discard(connection)

@@ -67,6 +67,7 @@ class Connection(asyncio.Protocol):
         self._frame_timer: Cancellable | None = None
         self._partial_since = 0.0
         self._listening = False  # registered with the hub as an event listener
+        self.address = "?"  # the peer's IP address, once connected
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -74,9 +75,11 @@ class Connection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport, so this is a cast, not a check.
         self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
+        self.address = str(peer[0]) if peer else "?"
         self.log = log.bind(conn_id=self.conn_id, peer=f"{peer[0]}:{peer[1]}" if peer else "?")
-        if not self.gateway.admit(self):
-            self.log.warning("connection_refused", reason="max_connections")
+        refused = self.gateway.admit(self)
+        if refused is not None:
+            self.log.warning("connection_refused", reason=refused)
             self._closed = True
             transport.abort()
             return
@@ -235,6 +238,8 @@ class Connection(asyncio.Protocol):
             isinstance(error, InvalidToken)
             and self.session.auth_failures >= self.settings.max_auth_failures
         ):
+            penalty_s = self.gateway.auth_throttle.penalize(self.address)
+            self.log.warning("auth_penalty", address=self.address, penalty_s=penalty_s)
             self.close("too_many_auth_failures")
 
     # -- timers ------------------------------------------------------------------------------
