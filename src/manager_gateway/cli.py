@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import sys
 import time
@@ -19,6 +20,9 @@ from .runtime.verify import verify_ledger
 from .server.app import Gateway, signing_secret
 from .session.access import SessionType
 from .session.tokens import TokenService
+
+#: `serve`'s exit status when shutdown had to give up on a ledger that did not finish.
+EXIT_LEDGER_ABANDONED = 1
 
 ROLES = {"user": SessionType.USER, "manager": SessionType.MANAGER,
          "dealer": SessionType.DEALER, "admin": SessionType.ADMIN}
@@ -62,7 +66,8 @@ def _install_event_loop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings) -> bool:
+    """Serve until SIGTERM or SIGINT; False when shutdown had to give up on the ledger."""
     gateway = Gateway(settings)
     await gateway.start()
     _tune_garbage_collector()
@@ -74,6 +79,7 @@ async def _serve(settings: Settings) -> None:
     print(f"manager-gateway listening on {settings.host}:{gateway.port}", flush=True)
     await stop.wait()
     await gateway.shutdown()
+    return gateway.ledger_finished
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -90,7 +96,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_format, settings.log_level)
     _raise_file_limit()
     _install_event_loop()
-    asyncio.run(_serve(settings))
+    if not asyncio.run(_serve(settings)):
+        # The ledger thread is stuck in a commit (a hung disk): the interpreter would wait for it
+        # forever at exit. Everything was answered and logged; leave without it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_LEDGER_ABANDONED)
     return 0
 
 

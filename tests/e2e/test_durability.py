@@ -8,6 +8,7 @@ several pipelined connections.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import sqlite3
@@ -57,8 +58,12 @@ class Server:
         self.proc, self.port, self.log = proc, port, log
 
     @classmethod
-    async def start(cls, data_dir: Path, log_path: Path) -> Server:
+    async def start(
+        cls, data_dir: Path, log_path: Path, settings: dict[str, str] | None = None
+    ) -> Server:
+        """`serve` in a subprocess; `settings` become GATEWAY_* environment variables."""
         log = log_path.open("ab")
+        env = {**os.environ, **{f"GATEWAY_{k.upper()}": v for k, v in (settings or {}).items()}}
         try:
             proc = await asyncio.create_subprocess_exec(
                 *CLI,
@@ -70,6 +75,7 @@ class Server:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
                 cwd=data_dir.parent,
+                env=env,
             )
         except BaseException:
             log.close()
@@ -346,6 +352,55 @@ async def test_sigterm_under_load_answers_everything_and_exits_cleanly(tmp_path:
         assert sorted(applied_ext_ids) == sorted(set(applied_ext_ids))
         refused = {ext_id for ext_id, a in outcomes.items() if a["status"] == 503}
         assert refused.isdisjoint(applied_ext_ids)
+        await close_all(clients)
+        status, out = await cli("ledger", "verify", "--data-dir", data_dir)
+        assert status == 0, out
+    finally:
+        await close_all(clients)
+        await server.stop()
+
+
+async def test_sigterm_while_the_ledger_hangs_exits_within_the_bound(tmp_path: Path) -> None:
+    """SIGTERM while a commit hangs (another process holds the ledger's write lock and the busy
+    timeout is long): the request in flight is answered 503 and the gateway exits 1 once
+    shutdown_timeout_s has passed, instead of waiting for the disk. Nothing of the hung batch is
+    in the ledger, and after a restart a retry under the same extID is applied once."""
+    data_dir, log_path = tmp_path / "data", tmp_path / "server.log"
+    clients: list[Client] = []
+    hang = {"ledger_busy_timeout_ms": "600000", "shutdown_timeout_s": "1"}
+    server = await Server.start(data_dir, log_path, hang)
+    holder = None
+    data = {"login": LOGINS[0], "amount": 25.0, "comment": "hung"}
+    try:
+        token = await admin_token(data_dir)
+        client = await connect(server, token, clients)
+        await client.ok("AddUser", {**DEMO_USER, "login": LOGINS[0]})
+        holder = sqlite3.connect(data_dir / LEDGER_FILE, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        pending = client.send("CreditIn", data, ext_id="hung-1")
+        # Frames are handled in order and the main loop takes the credit (and starts its commit,
+        # which now waits for the lock) before this answer is written.
+        await client.ok("HealthCheck")
+        server.proc.send_signal(signal.SIGTERM)
+        assert await server.wait() == 1
+        answer = await asyncio.wait_for(pending, EXIT_TIMEOUT_S)
+        assert (answer["status"], answer["error"]) == (503, "SHUTTING_DOWN")
+    finally:
+        if holder is not None:
+            holder.execute("ROLLBACK")
+            holder.close()
+        await close_all(clients)
+        await server.stop()
+    assert ledger_rows(data_dir) == {}
+
+    clients = []
+    server = await Server.start(data_dir, log_path)
+    try:
+        client = await connect(server, token, clients)
+        retried = await client.ok("CreditIn", data, ext_id="hung-1")
+        assert retried["amount"] == 25.0
+        account = await client.ok("GetAccountByLogin", {"login": LOGINS[0]})
+        assert account["credit"] == 25.0
         await close_all(clients)
         status, out = await cli("ledger", "verify", "--data-dir", data_dir)
         assert status == 0, out

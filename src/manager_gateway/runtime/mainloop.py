@@ -12,6 +12,7 @@ Idempotency (PROTOCOL.md section 7) is decided here too, because only the single
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -94,16 +95,36 @@ class MainLoop:
             next_order=self.state.next_order,
         )
 
-    async def stop(self) -> None:
-        """Refuse new operations, finish every queued one, then close the ledger."""
+    async def stop(self, timeout_s: float | None = None) -> bool:
+        """Refuse new operations, finish every queued one, then close the ledger; True when all
+        of that happened.
+
+        False when the ledger did not finish within `timeout_s` (a hung disk, a write lock held
+        by another process): what was being committed or still queued is then answered
+        `ShuttingDown`, and the ledger is left as it is for the process's exit to drop. Such a
+        commit may or may not have reached the disk, as with a crash; a retry under the same
+        extID after the restart is answered from its key if it did, and applied if it did not.
+        """
         if self._task is None:
-            return
+            return True
         self._closing = True
         self._wake_up()
-        await self._task
+        done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
+        if not done:
+            self._task.cancel()  # _process answers its batch; the ledger thread stays stuck
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+            for op in self._queue:
+                self._reject(op, ShuttingDown())
+            log.error("ledger_abandoned", timeout_s=timeout_s, queued=len(self._queue))
+            self._queue.clear()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            return False
         self._task = None
         await asyncio.get_running_loop().run_in_executor(self._executor, self._storage.close)
         self._executor.shutdown(wait=True)
+        return True
 
     def submit(self, op: Operation) -> None:
         if self._closing:
@@ -168,6 +189,9 @@ class MainLoop:
             await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._storage.commit, tx.batch
             )
+        except asyncio.CancelledError:  # stop() gave up on a ledger that does not finish
+            self._abandon(tx, applied, ShuttingDown())
+            raise
         except Exception as exc:
             log.error("ledger_commit_failed", error=str(exc), operations=len(applied))
             if self._observer is not None:
@@ -248,9 +272,14 @@ class MainLoop:
         if op.waiter is not None:
             self._waiters.reject(op.waiter, error)
 
-    def _abandon(self, tx: Transaction, applied: list[tuple[Operation, Effect]]) -> None:
-        """The commit failed: nothing of `tx` happened; its keys go, its callers are told."""
-        error = InternalError("the ledger could not record the operation; nothing was applied")
+    def _abandon(
+        self, tx: Transaction, applied: list[tuple[Operation, Effect]],
+        error: GatewayError | None = None,
+    ) -> None:
+        """The commit failed (or was given up on): `tx` is not published; its keys go, its
+        callers are told `error`."""
+        if error is None:
+            error = InternalError("the ledger could not record the operation; nothing was applied")
         for op, _ in applied:
             self.state.drop_key(op.key)
             for follower in self.state.uncommitted.pop(op.key, ()):

@@ -76,6 +76,8 @@ class Gateway:
             self.clock, settings.auth_penalty_s, settings.auth_penalty_max_s
         )
         self.draining = False
+        # False once shutdown gave up waiting for the ledger (its thread may still be stuck).
+        self.ledger_finished = True
         self.slow_consumer_disconnects = 0
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -155,7 +157,7 @@ class Gateway:
         in_flight = [task for conn in self.connections for task in conn.tasks]
         if in_flight:
             await asyncio.wait(in_flight, timeout=self.settings.shutdown_timeout_s)
-        await self.runtime.stop()
+        self.ledger_finished = await self.runtime.stop(self.settings.shutdown_timeout_s)
         self._password_hasher.shutdown(wait=False)  # its requests are done or abandoned
         # Sync requests still waiting (their event never came) are answered 503 before closing.
         self.waiters.fail_all(ShuttingDown())
