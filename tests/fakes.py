@@ -84,3 +84,17 @@ class GatedLedger(SQLiteLedger):
     def close(self) -> None:
         self._open.set()
         super().close()
+
+
+class FillableLedger(SQLiteLedger):
+    """The real SQLite ledger on a disk that can be made full: `fill()` caps the database at its
+    current size, so the next commit that needs a page fails with SQLITE_FULL ("database or disk
+    is full"), exactly as on a full disk; `make_room()` lifts the cap. Call them between
+    commits (the tests do: nothing is in flight then)."""
+
+    def fill(self) -> None:
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        self._db.execute(f"PRAGMA max_page_count = {int(pages)}")
+
+    def make_room(self) -> None:
+        self._db.execute("PRAGMA max_page_count = 1073741823")
