@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import signal
 import sqlite3
@@ -22,6 +23,7 @@ from typing import Any, BinaryIO
 
 import pytest
 
+from manager_gateway.runtime.records import Cmd
 from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
 
 from ..conftest import DEMO_USER, Client
@@ -38,6 +40,18 @@ CONNECTIONS = 4
 WINDOW = 16  # requests each connection keeps in flight
 PER_CONNECTION = 250
 TRIGGER_AFTER = 300  # answers received before the server is killed or stopped
+KILL_ROUNDS = 4  # SIGKILLs on the same data dir, each followed by a restart
+KILL_NEW_PER_ROUND = 240  # fresh operations queued per round (most are cut off by the kill)
+KILL_RETRIES_PER_ROUND = 60  # earlier extIDs resent per round, answered or lost alike
+KILL_AFTER = (20, 200)  # bounds of the (seeded) number of answers before the kill
+KILL_MAX_CENTS = 100_000  # one operation moves at most 1,000.00 ...
+SEED_AMOUNT = 1_000_000.0  # ... so debits never meet NOT_ENOUGH_MONEY on a seeded account
+FINANCE_CMDS = {
+    "BalanceIn": Cmd.BALANCE_IN,
+    "CreditIn": Cmd.CREDIT_IN,
+    "BalanceOut": Cmd.BALANCE_OUT,
+    "CreditOut": Cmd.CREDIT_OUT,
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,10 @@ class Request:
     @property
     def is_credit(self) -> bool:
         return self.command.startswith("Credit")
+
+    @property
+    def cmd(self) -> Cmd:
+        return FINANCE_CMDS[self.command.removesuffix("Sync")]
 
 
 class Server:
@@ -298,6 +316,170 @@ async def test_sigkill_mid_burst_keeps_every_answered_operation(tmp_path: Path) 
         status, out = await cli("ledger", "verify", "--data-dir", data_dir)
         assert status == 0, out
         assert f"orders={len(burst.sent)} " in out
+    finally:
+        await close_all(clients)
+        await server.stop()
+
+
+def random_operations(rng: random.Random, tag: str, count: int) -> list[Request]:
+    """Credits, deposits and their debits, async and Sync, over the accounts; comment = extID."""
+    operations = []
+    for i in range(count):
+        name = rng.choice(tuple(FINANCE_CMDS))
+        amount = float(Decimal(rng.randint(1, KILL_MAX_CENTS)) / 100)
+        ext_id = f"{tag}-{i}"
+        data = {
+            "login": rng.choice(LOGINS),
+            "amount": -amount if name.endswith("Out") else amount,
+            "comment": ext_id,
+        }
+        operations.append(Request(name + rng.choice(("", "Sync")), data, ext_id))
+    return operations
+
+
+def deal(rng: random.Random, requests: list[Request]) -> list[deque[Request]]:
+    """The requests shuffled and dealt over the connections."""
+    requests = rng.sample(requests, len(requests))
+    return [deque(requests[conn::CONNECTIONS]) for conn in range(CONNECTIONS)]
+
+
+def applied_operations(data_dir: Path, sent: dict[str, Request]) -> dict[str, int]:
+    """extID -> order of every operation in the ledger, checking each was sent, with its own
+    login, kind and amount, and is there once."""
+    applied: dict[str, int] = {}
+    for order, (login, cmd, profit, comment) in ledger_rows(data_dir).items():
+        assert comment in sent, f"order {order}: {comment!r} was never sent"
+        assert comment not in applied, f"{comment} applied twice: {applied[comment]}, {order}"
+        request = sent[comment]
+        assert (login, cmd, Decimal(profit)) == (
+            request.data["login"],
+            request.cmd,
+            Decimal(str(request.data["amount"])),
+        ), comment
+        applied[comment] = order
+    return applied
+
+
+async def check_balances(admin: Client, sent: dict[str, Request], applied: dict[str, int]) -> None:
+    """Each account's balance and credit are the sums of its applied records."""
+    want = {login: [Decimal(0), Decimal(0)] for login in LOGINS}
+    for ext_id in applied:
+        request = sent[ext_id]
+        want[request.data["login"]][request.is_credit] += Decimal(str(request.data["amount"]))
+    for login, (balance, credit) in want.items():
+        account = await admin.ok("GetAccountByLogin", {"login": login})
+        got = (Decimal(str(account["balance"])), Decimal(str(account["credit"])))
+        assert got == (balance, credit), login
+
+
+def record_answers(
+    answers: dict[str, dict[str, Any]],
+    sent: dict[str, Request],
+    outcomes: dict[str, dict[str, Any]],
+    applied: dict[str, int],
+) -> None:
+    """Check answers against the requests and against what came before, then keep them.
+
+    `outcomes` holds the first 200 answer per extID: a retry must get it again. `applied` is the
+    ledger as found before this round: a retry whose earlier attempt went unanswered but was
+    committed must answer that order."""
+    for ext_id, answer in answers.items():
+        assert answer["status"] == 200, answer
+        data, request = answer["data"], sent[ext_id]
+        amount = data["profit"] if request.command.endswith("Sync") else data["amount"]
+        assert (data["login"], data["cmd"], amount) == (
+            request.data["login"],
+            request.cmd,
+            request.data["amount"],
+        ), ext_id
+        if ext_id in outcomes:
+            assert data == outcomes[ext_id], f"{ext_id}: retry changed the outcome"
+        elif ext_id in applied:
+            assert data["order"] == applied[ext_id], f"{ext_id}: lost answer, retry re-applied"
+        outcomes[ext_id] = data
+
+
+async def test_repeated_sigkill_under_load_loses_nothing_answered(tmp_path: Path) -> None:
+    """Seeded rounds of load, SIGKILL after a random number of answers, restart on the same data:
+    the ledger verifies, answered work is there once, retries get their original outcome."""
+    seed = int(os.environ.get("KILL_SEED", random.randrange(2**32)))
+    rng = random.Random(seed)
+    data_dir, log_path = tmp_path / "data", tmp_path / "server.log"
+    clients: list[Client] = []
+    sent: dict[str, Request] = {}  # every request ever sent, by extID
+    outcomes: dict[str, dict[str, Any]] = {}  # the first 200 answer of each extID
+    applied: dict[str, int] = {}  # the ledger after the last kill: extID -> order
+    server = await Server.start(data_dir, log_path)
+    try:
+        token = await admin_token(data_dir)
+        admin = await connect(server, token, clients)
+        await create_accounts(admin)
+        for login in LOGINS:  # seeded accounts: the debits below cannot be refused
+            for name in ("BalanceIn", "CreditIn"):
+                data = {"login": login, "amount": SEED_AMOUNT, "comment": f"seed-{name}-{login}"}
+                seed_request = sent[data["comment"]] = Request(name, data, data["comment"])
+                answer = await admin.request(name, data, ext_id=seed_request.ext_id)
+                record_answers({seed_request.ext_id: answer}, sent, outcomes, applied)
+
+        for round_ in range(KILL_ROUNDS):
+            if round_:
+                server = await Server.start(data_dir, log_path)
+                admin = await connect(server, token, clients)
+                await check_balances(admin, sent, applied)
+            earlier = list(sent.values())
+            lost = [r for r in earlier if r.ext_id not in outcomes]
+            retries = rng.sample(lost, min(len(lost), KILL_RETRIES_PER_ROUND // 2))
+            retries += rng.sample(earlier, min(len(earlier), KILL_RETRIES_PER_ROUND - len(retries)))
+            retries = list({r.ext_id: r for r in retries}.values())  # one attempt per round
+            fresh = random_operations(rng, f"r{round_}", KILL_NEW_PER_ROUND)
+            conns = [await connect(server, token, clients) for _ in range(CONNECTIONS)]
+            burst = Burst(rng.randint(*KILL_AFTER), server.proc.kill)
+            await burst.run(conns, deal(rng, fresh + retries))
+            assert await server.wait() == -signal.SIGKILL
+            await server.stop()
+            await close_all(clients)
+
+            sent.update((r.ext_id, r) for r in burst.sent)
+            record_answers(burst.answers, sent, outcomes, applied)
+            status, out = await cli("ledger", "verify", "--data-dir", data_dir)
+            assert status == 0, out
+            applied = applied_operations(data_dir, sent)
+            for ext_id, data in outcomes.items():
+                assert applied.get(ext_id) == data["order"], f"{ext_id}: answered, not in ledger"
+
+        # Last restart: every extID ever sent again; lost ones are applied now or found applied.
+        server = await Server.start(data_dir, log_path)
+        admin = await connect(server, token, clients)
+        await check_balances(admin, sent, applied)
+        conns = [await connect(server, token, clients) for _ in range(CONNECTIONS)]
+        everything = list(sent.values())
+        retried = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    conns[n % CONNECTIONS].send(r.command, r.data, ext_id=r.ext_id)
+                    for n, r in enumerate(everything)
+                )
+            ),
+            BURST_TIMEOUT_S,
+        )
+        record_answers(
+            {r.ext_id: a for r, a in zip(everything, retried, strict=True)}, sent, outcomes, applied
+        )
+        await close_all(clients)
+        server.proc.send_signal(signal.SIGTERM)
+        assert await server.wait() == 0
+        await server.stop()
+        status, out = await cli("ledger", "verify", "--data-dir", data_dir)
+        assert status == 0, out
+        applied = applied_operations(data_dir, sent)
+        assert applied == {ext_id: data["order"] for ext_id, data in outcomes.items()}
+        assert applied.keys() == sent.keys()
+
+        server = await Server.start(data_dir, log_path)
+        await check_balances(await connect(server, token, clients), sent, applied)
+    except Exception as exc:
+        exc.add_note(f"KILL_SEED={seed} reproduces this run")
+        raise
     finally:
         await close_all(clients)
         await server.stop()
