@@ -83,6 +83,25 @@ def test_expiry_boundary(tokens: TokenService) -> None:
         tokens.verify(token, LATER + 1)
 
 
+def test_not_yet_valid_token_refused_until_its_time(tokens: TokenService) -> None:
+    """A token whose `nbf` is in the future (on the gateway's clock) is refused until then."""
+    token = forge({"alg": "HS256", "typ": "JWT"}, good_claims(nbf=NOW + 60), secret=SECRET)
+    with pytest.raises(InvalidToken, match="not valid yet"):
+        tokens.verify(token, NOW)
+    assert tokens.verify(token, NOW + 60).subject == good_claims()["sub"]
+
+
+@pytest.mark.parametrize("nbf", ["soon", True, None, [1]], ids=["string", "bool", "null", "list"])
+def test_malformed_not_before_refused(tokens: TokenService, nbf: object) -> None:
+    """An `nbf` that is not a number is refused (a null one counts as absent)."""
+    token = forge({"alg": "HS256", "typ": "JWT"}, good_claims(nbf=nbf), secret=SECRET)
+    if nbf is None:
+        assert tokens.verify(token, NOW)
+        return
+    with pytest.raises(InvalidToken):
+        tokens.verify(token, NOW)
+
+
 def test_wrong_signature_refused(tokens: TokenService) -> None:
     """A token signed with another secret is refused."""
     other = TokenService(b"another-secret-of-at-least-32-bytes!!")

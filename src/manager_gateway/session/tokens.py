@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import TypeGuard
 
 import jwt
 
@@ -35,6 +36,10 @@ def load_or_create_secret(data_dir: Path) -> bytes:
     return secret
 
 
+def _is_time(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 class TokenService:
     """Signs and verifies session tokens with one secret."""
 
@@ -58,13 +63,20 @@ class TokenService:
                 token,
                 self._secret,
                 algorithms=[ALGORITHM],
-                options={"require": ["exp", "sub"], "verify_exp": False},
+                # Times are checked below against `now`, the gateway's clock, not the wall's.
+                options={
+                    "require": ["exp", "sub"], "verify_exp": False, "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"invalid token: {exc}") from exc
         exp, kind, groups = claims.get("exp"), claims.get("type"), claims.get("groups", ["*"])
-        if not isinstance(exp, int | float) or isinstance(exp, bool) or exp <= now:
+        if not _is_time(exp) or exp <= now:
             raise InvalidToken("token expired")
+        not_before = claims.get("nbf")
+        if not_before is not None and (not _is_time(not_before) or not_before > now):
+            raise InvalidToken("token not valid yet")
         if not isinstance(kind, int) or isinstance(kind, bool) or kind not in _SESSION_TYPES:
             raise InvalidToken("token type is not a session type")
         if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
