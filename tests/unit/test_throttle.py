@@ -13,6 +13,16 @@ def test_penalty_doubles_up_to_the_maximum() -> None:
     assert [throttle.penalize("10.0.0.1") for _ in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
 
 
+def test_a_relentless_address_stays_at_the_maximum() -> None:
+    """Thousands of closures from one address keep the penalty at its maximum (the count of
+    offences is capped, so the doubling never overflows)."""
+    clock = FakeClock()
+    throttle = AuthThrottle(clock, base_s=1.0, max_s=60.0)
+    for _ in range(5000):
+        assert throttle.penalize("10.0.0.1") <= 60.0
+    assert throttle.penalize("10.0.0.1") == 60.0
+
+
 def test_refused_only_during_the_penalty_and_only_that_address() -> None:
     """A penalised address is refused until its penalty ends; other addresses never are."""
     clock = FakeClock()

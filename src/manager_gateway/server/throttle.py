@@ -15,6 +15,8 @@ from ..clock import Clock
 
 #: Addresses remembered at most; beyond it the oldest offender is forgotten (memory bound).
 MAX_TRACKED_ADDRESSES = 10_000
+#: Offences counted at most: the penalty has long reached its maximum by then.
+MAX_DOUBLINGS = 64
 
 
 class AuthThrottle:
@@ -34,7 +36,7 @@ class AuthThrottle:
         offences, until = self._penalties.pop(address, (0, now))
         if now > until + self._max_s:
             offences = 0  # quiet for a whole maximum penalty: start again from the base
-        offences += 1
+        offences = min(offences + 1, MAX_DOUBLINGS)  # 2.0 ** 1024 would overflow a float
         penalty = min(self._base_s * 2.0 ** (offences - 1), self._max_s)
         self._penalties[address] = (offences, now + penalty)
         while len(self._penalties) > self._capacity:
