@@ -142,6 +142,13 @@ async def cli(*args: str | Path) -> tuple[int, str]:
     return proc.returncode, out.decode()
 
 
+async def assert_ledger_verifies(data_dir: Path) -> str:
+    """`manager-gateway ledger verify` on `data_dir` exits 0; its output."""
+    status, out = await cli("ledger", "verify", "--data-dir", data_dir)
+    assert status == 0, out
+    return out
+
+
 async def admin_token(data_dir: Path) -> str:
     status, out = await cli("token", "--data-dir", data_dir, "--login", "1", "--role", "admin")
     assert status == 0, out
@@ -313,9 +320,7 @@ async def test_sigkill_mid_burst_keeps_every_answered_operation(tmp_path: Path) 
         await close_all(clients)
         server.proc.send_signal(signal.SIGTERM)
         assert await server.wait() == 0
-        status, out = await cli("ledger", "verify", "--data-dir", data_dir)
-        assert status == 0, out
-        assert f"orders={len(burst.sent)} " in out
+        assert f"orders={len(burst.sent)} " in await assert_ledger_verifies(data_dir)
     finally:
         await close_all(clients)
         await server.stop()
@@ -441,8 +446,7 @@ async def test_repeated_sigkill_under_load_loses_nothing_answered(tmp_path: Path
 
             sent.update((r.ext_id, r) for r in burst.sent)
             record_answers(burst.answers, sent, outcomes, applied)
-            status, out = await cli("ledger", "verify", "--data-dir", data_dir)
-            assert status == 0, out
+            await assert_ledger_verifies(data_dir)
             applied = applied_operations(data_dir, sent)
             for ext_id, data in outcomes.items():
                 assert applied.get(ext_id) == data["order"], f"{ext_id}: answered, not in ledger"
@@ -469,8 +473,7 @@ async def test_repeated_sigkill_under_load_loses_nothing_answered(tmp_path: Path
         server.proc.send_signal(signal.SIGTERM)
         assert await server.wait() == 0
         await server.stop()
-        status, out = await cli("ledger", "verify", "--data-dir", data_dir)
-        assert status == 0, out
+        await assert_ledger_verifies(data_dir)
         applied = applied_operations(data_dir, sent)
         assert applied == {ext_id: data["order"] for ext_id, data in outcomes.items()}
         assert applied.keys() == sent.keys()
@@ -535,8 +538,7 @@ async def test_sigterm_under_load_answers_everything_and_exits_cleanly(tmp_path:
         refused = {ext_id for ext_id, a in outcomes.items() if a["status"] == 503}
         assert refused.isdisjoint(applied_ext_ids)
         await close_all(clients)
-        status, out = await cli("ledger", "verify", "--data-dir", data_dir)
-        assert status == 0, out
+        await assert_ledger_verifies(data_dir)
     finally:
         await close_all(clients)
         await server.stop()
@@ -584,8 +586,7 @@ async def test_sigterm_while_the_ledger_hangs_exits_within_the_bound(tmp_path: P
         account = await client.ok("GetAccountByLogin", {"login": LOGINS[0]})
         assert account["credit"] == 25.0
         await close_all(clients)
-        status, out = await cli("ledger", "verify", "--data-dir", data_dir)
-        assert status == 0, out
+        await assert_ledger_verifies(data_dir)
     finally:
         await close_all(clients)
         await server.stop()
