@@ -180,10 +180,8 @@ class Connection(asyncio.Protocol):
             self._refused(request, error, started)
         except SessionGone:
             pass
-        except Exception:
-            self.log.exception("request_failed", ext_id=request.ext_id, command=request.command)
-            self.send(encode_error(InternalError(), request.ext_id))
-            self.metrics.request(request.command, 500, started)
+        except Exception as error:
+            self._failed(request, error, started)
 
     async def _run(self, request: Envelope, prepared: Prepared, started: float) -> None:
         try:
@@ -193,10 +191,8 @@ class Connection(asyncio.Protocol):
             return
         except SessionGone:
             return
-        except Exception:
-            self.log.exception("request_failed", ext_id=request.ext_id, command=request.command)
-            self.send(encode_error(InternalError(), request.ext_id))
-            self.metrics.request(request.command, 500, started)
+        except Exception as error:
+            self._failed(request, error, started)
             return
         self.send(frame)
         self.metrics.request(request.command, 200, started)
@@ -214,12 +210,15 @@ class Connection(asyncio.Protocol):
         elif isinstance(error, GatewayError):
             self._refused(request, error, started)
         elif not isinstance(error, SessionGone):
-            self.log.error(
-                "request_failed", ext_id=request.ext_id, command=request.command,
-                exc_info=error,
-            )
-            self.send(encode_error(InternalError(), request.ext_id))
-            self.metrics.request(request.command, 500, started)
+            self._failed(request, error, started)
+
+    def _failed(self, request: Envelope, error: BaseException, started: float) -> None:
+        """An unexpected error: logged with its traceback, answered 500."""
+        self.log.error(
+            "request_failed", ext_id=request.ext_id, command=request.command, exc_info=error
+        )
+        self.send(encode_error(InternalError(), request.ext_id))
+        self.metrics.request(request.command, 500, started)
 
     def _refused(self, request: Envelope, error: GatewayError, started: float) -> None:
         access = self.session.access
@@ -267,9 +266,6 @@ class Connection(asyncio.Protocol):
     def _on_frame_timer(self) -> None:
         self._frame_timer = None
         if not self.decoder.has_partial:
-            if self._frame_timer is not None:  # a frame boundary: the next partial starts afresh
-                self._frame_timer.cancel()
-                self._frame_timer = None
             return
         waited = self.gateway.clock.monotonic() - self._partial_since
         remaining = self.settings.frame_timeout_s - waited
