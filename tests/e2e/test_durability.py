@@ -163,6 +163,11 @@ async def connect(server: Server, token: str, clients: list[Client]) -> Client:
     return client
 
 
+async def connect_many(server: Server, token: str, clients: list[Client]) -> list[Client]:
+    """CONNECTIONS authenticated clients of `server`."""
+    return [await connect(server, token, clients) for _ in range(CONNECTIONS)]
+
+
 async def close_all(clients: list[Client]) -> None:
     for client in clients:
         await client.close()
@@ -260,7 +265,7 @@ async def test_sigkill_mid_burst_keeps_every_answered_operation(tmp_path: Path) 
     try:
         token = await admin_token(data_dir)
         await create_accounts(await connect(server, token, clients))
-        conns = [await connect(server, token, clients) for _ in range(CONNECTIONS)]
+        conns = await connect_many(server, token, clients)
         burst = Burst(TRIGGER_AFTER, server.proc.kill)
         await burst.run(conns, burst_requests("kill"))
         assert await server.wait() == -signal.SIGKILL
@@ -284,7 +289,7 @@ async def test_sigkill_mid_burst_keeps_every_answered_operation(tmp_path: Path) 
         assert len(before) <= len(burst.sent)
 
         # Every request of the burst again, same extIDs, pipelined over fresh connections.
-        retry_conns = [await connect(server, token, clients) for _ in range(CONNECTIONS)]
+        retry_conns = await connect_many(server, token, clients)
         retries = [
             retry_conns[n % CONNECTIONS].send(r.command, r.data, ext_id=r.ext_id)
             for n, r in enumerate(burst.sent)
@@ -437,7 +442,7 @@ async def test_repeated_sigkill_under_load_loses_nothing_answered(tmp_path: Path
             retries += rng.sample(earlier, min(len(earlier), KILL_RETRIES_PER_ROUND - len(retries)))
             retries = list({r.ext_id: r for r in retries}.values())  # one attempt per round
             fresh = random_operations(rng, f"r{round_}", KILL_NEW_PER_ROUND)
-            conns = [await connect(server, token, clients) for _ in range(CONNECTIONS)]
+            conns = await connect_many(server, token, clients)
             burst = Burst(rng.randint(*KILL_AFTER), server.proc.kill)
             await burst.run(conns, deal(rng, fresh + retries))
             assert await server.wait() == -signal.SIGKILL
@@ -455,7 +460,7 @@ async def test_repeated_sigkill_under_load_loses_nothing_answered(tmp_path: Path
         server = await Server.start(data_dir, log_path)
         admin = await connect(server, token, clients)
         await check_balances(admin, sent, applied)
-        conns = [await connect(server, token, clients) for _ in range(CONNECTIONS)]
+        conns = await connect_many(server, token, clients)
         everything = list(sent.values())
         retried = await asyncio.wait_for(
             asyncio.gather(
@@ -496,7 +501,7 @@ async def test_sigterm_under_load_answers_everything_and_exits_cleanly(tmp_path:
     try:
         token = await admin_token(data_dir)
         await create_accounts(await connect(server, token, clients))
-        conns = [await connect(server, token, clients) for _ in range(CONNECTIONS)]
+        conns = await connect_many(server, token, clients)
         burst = Burst(
             TRIGGER_AFTER, lambda: server.proc.send_signal(signal.SIGTERM), send_after_trigger=True
         )
