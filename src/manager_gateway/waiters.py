@@ -124,8 +124,8 @@ class WaiterRegistry:
             waiter.future.set_exception(error)
 
     def _expire(self, waiter: Waiter) -> None:
-        if not waiter.future.done():  # not already settled by an event that beat the timer
-            self.timeouts += 1
+        """Time out a waiter `_expire_due` found still pending."""
+        self.timeouts += 1
         data = {"order": waiter.order} if waiter.order is not None else None
         self.reject(waiter, SyncTimeout(data=data))
 
