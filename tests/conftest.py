@@ -35,8 +35,13 @@ POLL_ROUNDS = 500  # each round is a real request round trip, not a sleep
 def money(login: int, balance: float, credit: float) -> dict[str, Any]:
     """The money fields of an account with no open positions."""
     return {
-        "login": login, "balance": balance, "credit": credit, "equity": balance + credit,
-        "margin": 0.0, "margin_free": balance + credit, "margin_level": 0.0,
+        "login": login,
+        "balance": balance,
+        "credit": credit,
+        "equity": balance + credit,
+        "margin": 0.0,
+        "margin_free": balance + credit,
+        "margin_level": 0.0,
     }
 
 
@@ -218,8 +223,12 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     ) -> Harness:
         data_dir = Path(settings.pop("data_dir", tmp_path / "data"))
         config: Settings = load_settings(
-            None, host="127.0.0.1", port=0, data_dir=data_dir,
-            ledger_synchronous=settings.pop("ledger_synchronous", "NORMAL"), **settings,
+            None,
+            host="127.0.0.1",
+            port=0,
+            data_dir=data_dir,
+            ledger_synchronous=settings.pop("ledger_synchronous", "NORMAL"),
+            **settings,
         )
         if gated:
             storage = GatedLedger(data_dir, config.ledger_synchronous)

@@ -13,8 +13,14 @@ STAFF = frozenset({M, D, A})
 EVERYONE = frozenset({U, M, D, A})
 
 FINANCE = [
-    "BalanceIn", "BalanceOut", "CreditIn", "CreditOut",
-    "BalanceInSync", "BalanceOutSync", "CreditInSync", "CreditOutSync",
+    "BalanceIn",
+    "BalanceOut",
+    "CreditIn",
+    "CreditOut",
+    "BalanceInSync",
+    "BalanceOutSync",
+    "CreditInSync",
+    "CreditOutSync",
 ]
 FINANCE_DELETES = ["DeleteBalance", "DeleteCredit", "DeleteBalanceSync", "DeleteCreditSync"]
 

@@ -47,8 +47,9 @@ def main() -> None:
 
     registry = CollectorRegistry()
     requests = Counter("r_total", "r", ("command", "status"), registry=registry)
-    latency = Histogram("d_seconds", "d", ("command",), registry=registry,
-                        buckets=DURATION_BUCKETS_S)
+    latency = Histogram(
+        "d_seconds", "d", ("command",), registry=registry, buckets=DURATION_BUCKETS_S
+    )
     children = {"CreditIn": ({200: requests.labels("CreditIn", "200")}, latency.labels("CreditIn"))}
 
     def library_children() -> None:

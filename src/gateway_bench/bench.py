@@ -73,27 +73,47 @@ def _phases(text: str) -> frozenset[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bench", description="Benchmark the manager-API gateway against the baseline.",
+        prog="bench",
+        description="Benchmark the manager-API gateway against the baseline.",
     )
     add = parser.add_argument
     add("--out", type=Path, required=True, help="directory for results.json, plots and logs")
-    add("--quick", action="store_true",
-        help="15 s per load run and shorter scenarios (about three minutes in all)")
+    add(
+        "--quick",
+        action="store_true",
+        help="15 s per load run and shorter scenarios (about three minutes in all)",
+    )
     add("--duration", type=_positive(float), help="seconds measured per load run")
     add("--warmup", type=float, help="seconds of unrecorded load before each run")
     add("--connections", type=_positive(int), default=50)
     add("--inflight", type=_positive(int), default=4)
-    add("--accounts", type=_positive(int), default=100,
-        help="logins the load spreads over, in every phase (default 100)")
-    add("--skip", type=_phases, default=frozenset(),
-        help=f"comma-separated phases to leave out: {','.join(PHASES)}")
-    add("--fanout-rate", type=_positive(float), default=FanoutSpec.rate,
-        help="writer operations/s in the fan-out scenario (2 events each per listener)")
+    add(
+        "--accounts",
+        type=_positive(int),
+        default=100,
+        help="logins the load spreads over, in every phase (default 100)",
+    )
+    add(
+        "--skip",
+        type=_phases,
+        default=frozenset(),
+        help=f"comma-separated phases to leave out: {','.join(PHASES)}",
+    )
+    add(
+        "--fanout-rate",
+        type=_positive(float),
+        default=FanoutSpec.rate,
+        help="writer operations/s in the fan-out scenario (2 events each per listener)",
+    )
     add("--fanout-listeners", type=_positive(int), default=FanoutSpec.listeners)
     add("--idle-connections", type=_positive(int), default=IdleSpec.connections)
     add("--pending-requests", type=_positive(int), default=PendingSpec.requests)
-    add("--pending-timeout-ms", type=_positive(int), default=PendingSpec.sync_timeout_ms,
-        help="the pending scenario gateway's sync_timeout_ms")
+    add(
+        "--pending-timeout-ms",
+        type=_positive(int),
+        default=PendingSpec.sync_timeout_ms,
+        help="the pending scenario gateway's sync_timeout_ms",
+    )
     add("--no-progress", action="store_true", help="no progress bars on stderr")
     add("--keep-data", action="store_true", help="keep the gateways' temporary data dirs")
     return parser
@@ -108,16 +128,28 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         raise ValueError(f"--warmup must be zero or more, got {warmup}")
     pending_connections = max(1, -(-args.pending_requests // PendingSpec.max_per_connection))
     return BenchOptions(
-        out=args.out, mode=mode, duration_s=duration, warmup_s=warmup,
-        connections=args.connections, inflight=args.inflight, accounts=args.accounts,
+        out=args.out,
+        mode=mode,
+        duration_s=duration,
+        warmup_s=warmup,
+        connections=args.connections,
+        inflight=args.inflight,
+        accounts=args.accounts,
         skip=args.skip,
-        fanout=FanoutSpec(listeners=args.fanout_listeners, rate=args.fanout_rate,
-                          duration_s=min(profile.fanout_duration_s, duration),
-                          warmup_s=min(profile.fanout_warmup_s, warmup),
-                          accounts=args.accounts),
+        fanout=FanoutSpec(
+            listeners=args.fanout_listeners,
+            rate=args.fanout_rate,
+            duration_s=min(profile.fanout_duration_s, duration),
+            warmup_s=min(profile.fanout_warmup_s, warmup),
+            accounts=args.accounts,
+        ),
         idle=IdleSpec(connections=args.idle_connections),
-        pending=PendingSpec(requests=args.pending_requests, connections=pending_connections,
-                            sync_timeout_ms=args.pending_timeout_ms, accounts=args.accounts),
+        pending=PendingSpec(
+            requests=args.pending_requests,
+            connections=pending_connections,
+            sync_timeout_ms=args.pending_timeout_ms,
+            accounts=args.accounts,
+        ),
         progress=not args.no_progress and sys.stderr.isatty(),
         keep_data=args.keep_data,
     )
@@ -135,8 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = bench.write(results)
     print()
     print(summary_table(results))
-    print(f"\nwrote {len(written)} files to {options.out}: results.json, "
-          f"{sum(path.suffix == '.png' for path in written)} plots")
+    print(
+        f"\nwrote {len(written)} files to {options.out}: results.json, "
+        f"{sum(path.suffix == '.png' for path in written)} plots"
+    )
     return EXIT_FAILED if results["failures"] else EXIT_OK
 
 

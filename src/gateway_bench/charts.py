@@ -20,8 +20,12 @@ def comparison_chart(runs: dict[str, dict[str, Any]], path: Path) -> Path:
     ax = fig.subplots()
     for name, run in runs.items():
         times = [row["t"] + row["duration_s"] for row in run["timeline"]]
-        ax.plot(times, [row["rps"] for row in run["timeline"]], marker=".",
-                label=f"{name}: {run['rps']:,.0f} ok/s")
+        ax.plot(
+            times,
+            [row["rps"] for row in run["timeline"]],
+            marker=".",
+            label=f"{name}: {run['rps']:,.0f} ok/s",
+        )
     ax.set_title("CreditInSync throughput: gateway against the baseline server")
     ax.set_xlabel("seconds since measuring began (end of each interval)")
     ax.set_ylabel("ok answers / s")
@@ -35,8 +39,9 @@ def fanout_delay_chart(fanout: dict[str, Any], path: Path) -> Path:
     """Send-to-receipt delay by percentile, HDR style (the tail spread out on a log axis)."""
     fig = Figure(figsize=(9, 5), layout="constrained")
     ax = fig.subplots()
-    draw_spectrum(ax, fanout["delay_histogram_ms"], "writer send to listener receipt (ms)",
-                  "no events")
+    draw_spectrum(
+        ax, fanout["delay_histogram_ms"], "writer send to listener receipt (ms)", "no events"
+    )
     delay = fanout["delay_ms"]
     ax.set_title(
         f"fan-out to {fanout['listeners']} listeners: {fanout['delivered_per_s']:,.0f} events/s, "
@@ -55,9 +60,11 @@ def pending_memory_chart(pending: dict[str, Any], path: Path) -> Path:
     ax.axhline(pending["rss_before_mb"], color="gray", linestyle="--", label="before")
     blocks = [pending.get(f"allocated_blocks_{when}") for when in ("before", "peak", "after")]
     blocks_text = " -> ".join("-" if b is None else f"{b:,.0f}" for b in blocks)
-    ax.set_title(f"pending Sync: gateway RSS, {pending['sent']:,} requests "
-                 f"(peak {pending['rss_peak_mb']} MB, after {pending['rss_after_mb']} MB)\n"
-                 f"Python allocated blocks before -> peak -> after: {blocks_text}")
+    ax.set_title(
+        f"pending Sync: gateway RSS, {pending['sent']:,} requests "
+        f"(peak {pending['rss_peak_mb']} MB, after {pending['rss_after_mb']} MB)\n"
+        f"Python allocated blocks before -> peak -> after: {blocks_text}"
+    )
     ax.set_xlabel("seconds since the burst began")
     ax.set_ylabel("RSS (MB)")
     ax.set_ylim(bottom=0)

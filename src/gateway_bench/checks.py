@@ -54,9 +54,7 @@ def mismatch_reason(
     return None
 
 
-def _trade_record_reason(
-    cmd: int, command: str, sent: dict[str, Any], record: Any
-) -> str | None:
+def _trade_record_reason(cmd: int, command: str, sent: dict[str, Any], record: Any) -> str | None:
     if not isinstance(record, dict):
         return f"data: got {type(record).__name__}, not a trade record"
     if (reason := _common_reason(cmd, sent, record, "profit")) is not None:
@@ -140,8 +138,9 @@ class AnswerChecker:
         """Judge one answer; True when it is a 200 that fits the request."""
         reason = mismatch_reason(command, ext_id, data, answer)
         if reason is not None:
-            self._mismatch(reason, {"command": command, "extID": ext_id, "data": data,
-                                    "answer": answer})
+            self._mismatch(
+                reason, {"command": command, "extID": ext_id, "data": data, "answer": answer}
+            )
             return False
         status = answer["status"]
         if status == 200:

@@ -144,7 +144,7 @@ class FanoutRun:
         comment = data.get("comment")
         if not isinstance(comment, str) or not comment.startswith(COMMENT_PREFIX):
             return None
-        seq = int(comment[len(COMMENT_PREFIX):])
+        seq = int(comment[len(COMMENT_PREFIX) :])
         return seq if seq < self.sent else None
 
     def balance_seq(self, data: dict[str, Any]) -> int | None:
@@ -179,13 +179,17 @@ class FanoutRun:
                 seq = self.sent
                 if start + seq * interval >= stop:
                     break
-                data = {"login": login0 + seq % accounts, "amount": spec.amount,
-                        "comment": f"{COMMENT_PREFIX}{seq}"}
+                data = {
+                    "login": login0 + seq % accounts,
+                    "amount": spec.amount,
+                    "comment": f"{COMMENT_PREFIX}{seq}",
+                }
                 ext_id = next_ext_id("fo-")
                 self.sent_at[seq] = time.perf_counter()
                 self.sent += 1
-                writer.send_frame_cb(encode_request("CreditIn", data, ext_id), ext_id,
-                                     self.acknowledge)
+                writer.send_frame_cb(
+                    encode_request("CreditIn", data, ext_id), ext_id, self.acknowledge
+                )
             due = start + self.sent * interval
             if due >= stop or self.sent >= self.capacity:
                 break
@@ -209,10 +213,12 @@ async def run_fanout(host: str, port: int, token: str, spec: FanoutSpec) -> dict
         for _ in range(spec.listeners):
             _, listener = await loop.create_connection(lambda: Listener(run), host, port)
             run.listeners.append(listener)
-        subscribed = await asyncio.gather(*(
-            listener.request("Subscribe", {"chanels": ["trade:event", "balance:event"]}, token)
-            for listener in run.listeners
-        ))
+        subscribed = await asyncio.gather(
+            *(
+                listener.request("Subscribe", {"chanels": ["trade:event", "balance:event"]}, token)
+                for listener in run.listeners
+            )
+        )
         if any(answer.get("status") != 200 for answer in subscribed):
             raise ScenarioError(f"a listener's Subscribe was refused: {subscribed}")
         await run.write(writer)
@@ -237,11 +243,15 @@ def summarise(run: FanoutRun, drained: bool) -> dict[str, Any]:
     for listener in run.listeners:
         trade_missing = sent - sum(1 for n in listener.trade_seen[:sent] if n)
         balance_missing = sent - sum(1 for n in listener.balance_seen[:sent] if n)
-        per_listener.append({
-            "events": listener.events, "trade_missing": trade_missing,
-            "balance_missing": balance_missing, "duplicates": listener.duplicates,
-            "strays": listener.strays,
-        })
+        per_listener.append(
+            {
+                "events": listener.events,
+                "trade_missing": trade_missing,
+                "balance_missing": balance_missing,
+                "duplicates": listener.duplicates,
+                "strays": listener.strays,
+            }
+        )
     missing = sum(p["trade_missing"] + p["balance_missing"] for p in per_listener)
     duplicates = sum(p["duplicates"] for p in per_listener)
     strays = sum(p["strays"] for p in per_listener)
@@ -264,11 +274,13 @@ def summarise(run: FanoutRun, drained: bool) -> dict[str, Any]:
         "offered_per_s": round(2 * spec.rate * len(run.listeners), 1),
         "delay_ms": {
             "count": len(delays),
-            **{f"p{name}": _round(percentile(delays, q)) for name, q in
-               (("50", 50), ("90", 90), ("99", 99), ("999", 99.9), ("100", 100))},
+            **{
+                f"p{name}": _round(percentile(delays, q))
+                for name, q in (("50", 50), ("90", 90), ("99", 99), ("999", 99.9), ("100", 100))
+            },
         },
         "delay_measures": "writer send to listener receipt: an upper bound of commit-to-receipt "
-                          "(it includes the request's trip in, batching and the durable commit)",
+        "(it includes the request's trip in, batching and the durable commit)",
         "delay_histogram_ms": _histogram(delays),
         "per_listener": per_listener,
     }
@@ -283,5 +295,4 @@ def _histogram(ordered: list[float], points: int = 200) -> list[list[float]]:
     if not ordered:
         return []
     quantiles = sorted({min(1 - 10 ** (-4 * i / points), 1.0) for i in range(points + 1)})
-    return [[round(q, 6), round(cast(float, percentile(ordered, q * 100)), 3)]
-            for q in quantiles]
+    return [[round(q, 6), round(cast(float, percentile(ordered, q * 100)), 3)] for q in quantiles]

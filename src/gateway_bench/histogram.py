@@ -91,8 +91,13 @@ class LatencyHistogram:
         p = self.percentiles_ms(REPORTED_PERCENTILES)
         return {
             "count": self.count,
-            "p50_ms": p[50.0], "p90_ms": p[90.0], "p99_ms": p[99.0], "p999_ms": p[99.9],
-            "min_ms": self.min_ms, "max_ms": self.max_ms, "mean_ms": self.mean_ms,
+            "p50_ms": p[50.0],
+            "p90_ms": p[90.0],
+            "p99_ms": p[99.0],
+            "p999_ms": p[99.9],
+            "min_ms": self.min_ms,
+            "max_ms": self.max_ms,
+            "mean_ms": self.mean_ms,
             "clamped": self.clamped,
         }
 
@@ -147,8 +152,9 @@ class Timeline:
     def roll(self, now: float) -> dict[str, Any]:
         """Close the current interval at `now` and fold it into the total; returns its stats."""
         current = self._current
-        stats = _interval_stats(current, self._current_ok, self._current_start - self.start, now
-                                - self._current_start)
+        stats = _interval_stats(
+            current, self._current_ok, self._current_start - self.start, now - self._current_start
+        )
         self.intervals.append(stats)
         self.total.merge(current)
         self._previous, self._previous_ok = current, self._current_ok

@@ -44,11 +44,13 @@ async def run_idle(
     soft, hard = raise_file_limit()
     rss_before = read_rss()
     started = time.perf_counter()
-    clients, connect_failures = await open_clients(host, port, spec.connections,
-                                                   parallel=spec.parallel)
+    clients, connect_failures = await open_clients(
+        host, port, spec.connections, parallel=spec.parallel
+    )
     connected_s = time.perf_counter() - started
-    outcomes = await request_all(clients, "Subscribe", {"chanels": []}, token=token,
-                                 parallel=spec.parallel)
+    outcomes = await request_all(
+        clients, "Subscribe", {"chanels": []}, token=token, parallel=spec.parallel
+    )
     authenticated_s = time.perf_counter() - started
     probe_clients, _ = await open_clients(host, port, 1)
     health = "client/CONNECT_FAILED"

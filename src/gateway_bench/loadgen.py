@@ -69,28 +69,50 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--host", default="127.0.0.1")
     add("--port", type=int, default=8080)
-    add("--token", default=os.environ.get("GATEWAY_TOKEN"),
-        help="manager JWT, sent once per connection (default: $GATEWAY_TOKEN)")
+    add(
+        "--token",
+        default=os.environ.get("GATEWAY_TOKEN"),
+        help="manager JWT, sent once per connection (default: $GATEWAY_TOKEN)",
+    )
     add("--connections", type=_positive_int, default=50)
     loop = parser.add_mutually_exclusive_group()
-    loop.add_argument("--inflight", type=_positive_int, default=4,
-                      help="closed loop: requests outstanding per connection (default 4)")
-    loop.add_argument("--rate", type=_number(0, inclusive=False),
-                      help="open loop: total requests/s over all connections")
+    loop.add_argument(
+        "--inflight",
+        type=_positive_int,
+        default=4,
+        help="closed loop: requests outstanding per connection (default 4)",
+    )
+    loop.add_argument(
+        "--rate",
+        type=_number(0, inclusive=False),
+        help="open loop: total requests/s over all connections",
+    )
     stop = parser.add_mutually_exclusive_group(required=True)
     stop.add_argument("--duration", type=_number(0, inclusive=False), help="seconds to measure")
     stop.add_argument("--requests", type=_positive_int, help="measured requests to send")
-    add("--warmup", type=_number(0, inclusive=True), default=0.0,
-        help="seconds of unrecorded traffic first")
-    add("--mix", type=_mix, default={"CreditInSync": 1.0},
-        help=f"command=weight,... (default CreditInSync); commands: {', '.join(LOAD_COMMANDS)}")
+    add(
+        "--warmup",
+        type=_number(0, inclusive=True),
+        default=0.0,
+        help="seconds of unrecorded traffic first",
+    )
+    add(
+        "--mix",
+        type=_mix,
+        default={"CreditInSync": 1.0},
+        help=f"command=weight,... (default CreditInSync); commands: {', '.join(LOAD_COMMANDS)}",
+    )
     add("--accounts", type=_positive_int, default=100, help="logins to spread the load over")
     add("--first-login", type=int, default=100_000)
     add("--create-accounts", action="store_true", help="AddUser and fund each login first")
     add("--initial-balance", type=_number(0, inclusive=False), default=1_000_000.0)
     add("--events", action="store_true", help="stay subscribed to trade/balance events")
-    add("--timeout", type=_number(0, inclusive=False), default=10.0,
-        help="seconds before an unanswered request counts as an error (default 10)")
+    add(
+        "--timeout",
+        type=_number(0, inclusive=False),
+        default=10.0,
+        help="seconds before an unanswered request counts as an error (default 10)",
+    )
     add("--no-progress", action="store_true", help="no progress bar on stderr")
     add("--out", type=Path, help="write DIR/loadgen.json and PNG plots here")
     return parser
@@ -98,12 +120,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace) -> LoadSpec:
     return LoadSpec(
-        host=args.host, port=args.port, connections=args.connections, inflight=args.inflight,
-        rate=args.rate, duration_s=args.duration, requests=args.requests,
-        warmup_s=args.warmup, mix=args.mix, accounts=args.accounts,
-        first_login=args.first_login, create_accounts=args.create_accounts,
-        initial_balance=args.initial_balance, token=args.token or None, events=args.events,
-        progress=not args.no_progress, timeout_s=args.timeout,
+        host=args.host,
+        port=args.port,
+        connections=args.connections,
+        inflight=args.inflight,
+        rate=args.rate,
+        duration_s=args.duration,
+        requests=args.requests,
+        warmup_s=args.warmup,
+        mix=args.mix,
+        accounts=args.accounts,
+        first_login=args.first_login,
+        create_accounts=args.create_accounts,
+        initial_balance=args.initial_balance,
+        token=args.token or None,
+        events=args.events,
+        progress=not args.no_progress,
+        timeout_s=args.timeout,
     )
 
 

@@ -72,8 +72,14 @@ BLOCKS = "gateway_python_allocated_blocks"
 WAITERS = "gateway_sync_waiters"
 QUEUED = "gateway_main_loop_queued_operations"
 COMMIT_FAILURES = "gateway_ledger_commit_failures_total"
-GAUGES = (WAITERS, QUEUED, BLOCKS, COMMIT_FAILURES, "gateway_connections_open",
-          "process_resident_memory_bytes")
+GAUGES = (
+    WAITERS,
+    QUEUED,
+    BLOCKS,
+    COMMIT_FAILURES,
+    "gateway_connections_open",
+    "process_resident_memory_bytes",
+)
 EXPECTED_RECORDS = 2  # the plug and the sentinel: the burst's operations are all refused
 Scrape = Callable[[], Awaitable[dict[str, float] | None]]
 
@@ -138,8 +144,9 @@ class PendingRun:
 
     def _plug_answered(self, _ext_id: str, reply: dict[str, Any] | ConnectionError) -> None:
         if not (self.closing and isinstance(reply, ConnectionError)):
-            self.plug_answer = ("client/CONNECTION_LOST" if isinstance(reply, ConnectionError)
-                                else describe(reply))
+            self.plug_answer = (
+                "client/CONNECTION_LOST" if isinstance(reply, ConnectionError) else describe(reply)
+            )
 
     def answer(self, seq: int, reply: dict[str, Any] | ConnectionError) -> None:
         now = time.perf_counter()
@@ -170,22 +177,28 @@ class PendingRun:
         HealthCheck whose answer is awaited before the next: the gateway has read everything
         before a probe it answers, so what is sent but unread stays small and each send time
         is close to the moment the gateway starts the request's timeout."""
-        await asyncio.gather(*(
-            self._feed(client, range(i, self.spec.requests, len(clients)))
-            for i, client in enumerate(clients)
-        ))
+        await asyncio.gather(
+            *(
+                self._feed(client, range(i, self.spec.requests, len(clients)))
+                for i, client in enumerate(clients)
+            )
+        )
 
     async def _feed(self, client: GatewayClient, seqs: range) -> None:
         spec = self.spec
         for first in range(0, len(seqs), spec.probe_every):
-            for seq in seqs[first:first + spec.probe_every]:
-                data = {"login": spec.missing_login + seq, "amount": 1.0,
-                        "comment": f"pending-{seq}"}
+            for seq in seqs[first : first + spec.probe_every]:
+                data = {
+                    "login": spec.missing_login + seq,
+                    "amount": 1.0,
+                    "comment": f"pending-{seq}",
+                }
                 ext_id = f"{self.ext_prefix}{seq}"
                 self.sent_at[seq] = time.perf_counter()
                 self.sent += 1
-                client.send_frame_cb(encode_request("CreditInSync", data, ext_id), ext_id,
-                                     self._callback(seq))
+                client.send_frame_cb(
+                    encode_request("CreditInSync", data, ext_id), ext_id, self._callback(seq)
+                )
             self.pending_peak = max(self.pending_peak, self.sent - self.outcomes.total())
             try:
                 await client.request("HealthCheck", {}, timeout=spec.probe_timeout_s)
@@ -200,8 +213,7 @@ class LedgerLock:
 
     def __init__(self, path: Path) -> None:
         # Taken and released from worker threads (asyncio.to_thread), never at the same time.
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30,
-                                   check_same_thread=False)
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
         self._db.execute("BEGIN IMMEDIATE")
         self.held_since = time.perf_counter()
 
@@ -213,8 +225,13 @@ class LedgerLock:
 
 
 async def run_pending(
-    host: str, port: int, token: str, ledger_path: Path, spec: PendingSpec,
-    read_rss: Callable[[], int], gateway_log: Path | None = None,
+    host: str,
+    port: int,
+    token: str,
+    ledger_path: Path,
+    spec: PendingSpec,
+    read_rss: Callable[[], int],
+    gateway_log: Path | None = None,
 ) -> dict[str, Any]:
     """Run the scenario; with the gateway's log, also split the 504s' delay into the gateway's
     timer (send to the sweep that expired it) and the delivery (sweep to receipt)."""
@@ -230,14 +247,20 @@ async def run_pending(
         await bind_sessions(clients, token, events=False)
         if spec.create_accounts:
             await create_accounts(clients[0], [spec.login], "pending")
-        seen = await _stall_and_release(run, clients, ledger_path, sampler, read_rss,
-                                        partial(scrape_metrics, host, spec.metrics_port, GAUGES))
+        seen = await _stall_and_release(
+            run,
+            clients,
+            ledger_path,
+            sampler,
+            read_rss,
+            partial(scrape_metrics, host, spec.metrics_port, GAUGES),
+        )
     finally:
         await sampler.stop()
         run.closing = True
         await close_clients(clients)
-    logged = None if gateway_log is None else await asyncio.to_thread(
-        timeouts_in_log, gateway_log, run
+    logged = (
+        None if gateway_log is None else await asyncio.to_thread(timeouts_in_log, gateway_log, run)
     )
     return {
         **_answers(run),
@@ -258,8 +281,12 @@ async def run_pending(
 
 
 async def _stall_and_release(
-    run: PendingRun, clients: list[GatewayClient], ledger_path: Path, sampler: RssSampler,
-    read_rss: Callable[[], int], scrape: Scrape,
+    run: PendingRun,
+    clients: list[GatewayClient],
+    ledger_path: Path,
+    sampler: RssSampler,
+    read_rss: Callable[[], int],
+    scrape: Scrape,
 ) -> dict[str, Any]:
     """Lock, plug, burst, wait for the answers, release, drain; the readings along the way."""
     spec = run.spec
@@ -293,20 +320,26 @@ def _stall(metrics: dict[str, float] | None, run: PendingRun) -> dict[str, Any]:
     """What the gateway said once stalled: nothing queued, one waiter (the plug's)."""
     queued = None if metrics is None else metrics.get(QUEUED)
     waiters = None if metrics is None else metrics.get(WAITERS)
-    return {"queued_operations": queued, "sync_waiters": waiters,
-            "as_expected": None if metrics is None else queued == 0 and waiters == 1,
-            "plug_answer": run.plug_answer}
+    return {
+        "queued_operations": queued,
+        "sync_waiters": waiters,
+        "as_expected": None if metrics is None else queued == 0 and waiters == 1,
+        "plug_answer": run.plug_answer,
+    }
 
 
-async def _settled(client: GatewayClient, spec: PendingSpec, scrape: Scrape) -> list[
-        dict[str, float] | None]:
+async def _settled(
+    client: GatewayClient, spec: PendingSpec, scrape: Scrape
+) -> list[dict[str, float] | None]:
     """The metrics `settle_scrapes` times after the drain. What the burst left in reference
     cycles is freed only at the gateway's next garbage collection, which its own allocations
     trigger: HealthChecks between the readings are those allocations (nothing is slept)."""
     readings = [await scrape()]
     for _ in range(spec.settle_scrapes - 1):
-        probes = (client.request("HealthCheck", {}, timeout=spec.probe_timeout_s)
-                  for _ in range(spec.settle_probes))
+        probes = (
+            client.request("HealthCheck", {}, timeout=spec.probe_timeout_s)
+            for _ in range(spec.settle_probes)
+        )
         with contextlib.suppress(TimeoutError, ConnectionError):
             await asyncio.gather(*probes)
         readings.append(await scrape())
@@ -342,19 +375,23 @@ def _memory(seen: dict[str, Any], sampler: RssSampler) -> dict[str, Any]:
         "rss_before_mb": mb(seen["rss_before"]),
         "rss_peak_mb": mb(sampler.peak),
         "rss_after_mb": mb(seen["rss_after"]),
-        "rss_samples": [[t, mb(v)] for t, v in sampler.samples[:: max(1, len(sampler.samples)
-                                                                     // 200)]],
+        "rss_samples": [
+            [t, mb(v)] for t, v in sampler.samples[:: max(1, len(sampler.samples) // 200)]
+        ],
         "rss_note": "informational: CPython's allocators keep part of what a burst freed "
-                    "(arenas with a block still in use, malloc's heap), so RSS stays above "
-                    "its starting level with nothing held",
+        "(arenas with a block still in use, malloc's heap), so RSS stays above "
+        "its starting level with nothing held",
         "allocated_blocks_before": _value(stalled, BLOCKS),
         "allocated_blocks_peak": max((v for v in during if v is not None), default=None),
-        "allocated_blocks_after": min((v for v in after_readings if v is not None),
-                                      default=None),
+        "allocated_blocks_after": min((v for v in after_readings if v is not None), default=None),
         "allocated_blocks_after_readings": after_readings,
         "waiters_after": _value(after[-1], WAITERS),
-        "gateway_metrics": {"stalled": stalled, "all_sent": seen["sent"],
-                            "all_answered": seen["answered"], "after": after[-1]},
+        "gateway_metrics": {
+            "stalled": stalled,
+            "all_sent": seen["sent"],
+            "all_answered": seen["answered"],
+            "after": after[-1],
+        },
     }
 
 
@@ -381,16 +418,21 @@ async def _drain(client: GatewayClient, spec: PendingSpec) -> dict[str, Any]:
     while time.perf_counter() - started < spec.drain_timeout_s:
         tries += 1
         try:
-            reply = await client.request("CreditInSync", data, ext_id=ext_id,
-                                         timeout=spec.sync_timeout_ms / 1000 + 5)
+            reply = await client.request(
+                "CreditInSync", data, ext_id=ext_id, timeout=spec.sync_timeout_ms / 1000 + 5
+            )
         except (TimeoutError, ConnectionError) as exc:
             last = f"client/{type(exc).__name__}"
             continue
         last = describe(reply)
         if last == "200":
             break
-    return {"drained": last == "200", "tries": tries, "last": last,
-            "seconds": round(time.perf_counter() - started, 3)}
+    return {
+        "drained": last == "200",
+        "tries": tries,
+        "last": last,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 def timeouts_in_log(path: Path, run: PendingRun) -> dict[str, Any] | None:
@@ -412,7 +454,7 @@ def timeouts_in_log(path: Path, run: PendingRun) -> dict[str, Any] | None:
     end = -plug  # where the next sweep starts in by_send; the plug's place is -1
     for swept_at, expired in sweeps:
         start, end = max(end, 0), end + expired
-        for seq in by_send[start:max(end, 0)]:
+        for seq in by_send[start : max(end, 0)]:
             waited = swept_at - (run.sent_at[seq] + run.clock_offset)
             gateway_ms.append(waited * 1000)
             late += waited > run.limit_s
@@ -426,10 +468,10 @@ def timeouts_in_log(path: Path, run: PendingRun) -> dict[str, Any] | None:
         "send_to_sweep_ms": _percentiles(sorted(gateway_ms)),
         "sweep_to_receipt_ms": _percentiles(sorted(delivery_ms)),
         "note": "wall clocks of this process and the gateway (same machine). send_to_sweep is "
-                "when the gateway's timer expired the request (its intake lag included); "
-                "sweep_to_receipt is the 504's way back: the gateway's write, the socket and "
-                "this process's read. Matched by order, so single values are off by the "
-                "interleaving of connections at intake (a few ms; a negative one is that)",
+        "when the gateway's timer expired the request (its intake lag included); "
+        "sweep_to_receipt is the 504's way back: the gateway's write, the socket and "
+        "this process's read. Matched by order, so single values are off by the "
+        "interleaving of connections at intake (a few ms; a negative one is that)",
     }
 
 
@@ -453,8 +495,10 @@ def _sweeps(path: Path, since_unix: float) -> list[tuple[float, int]]:
 
 
 def _percentiles(ordered: list[float]) -> dict[str, float | None]:
-    return {f"p{name}": _round(percentile(ordered, q)) for name, q in
-            (("0", 0), ("50", 50), ("99", 99), ("100", 100))}
+    return {
+        f"p{name}": _round(percentile(ordered, q))
+        for name, q in (("0", 0), ("50", 50), ("99", 99), ("100", 100))
+    }
 
 
 def _count_records(path: Path) -> int:

@@ -60,10 +60,16 @@ class BenchOptions:
 
     def settings(self) -> dict[str, Any]:
         return {
-            "mode": self.mode, "command": "CreditInSync", "connections": self.connections,
-            "inflight": self.inflight, "accounts": self.accounts, "duration_s": self.duration_s,
-            "warmup_s": self.warmup_s, "single": {"connections": 1, "inflight": 1},
-            "events_on_load_connections": False, "skip": sorted(self.skip),
+            "mode": self.mode,
+            "command": "CreditInSync",
+            "connections": self.connections,
+            "inflight": self.inflight,
+            "accounts": self.accounts,
+            "duration_s": self.duration_s,
+            "warmup_s": self.warmup_s,
+            "single": {"connections": 1, "inflight": 1},
+            "events_on_load_connections": False,
+            "skip": sorted(self.skip),
             **GATEWAY_SETTINGS,
         }
 
@@ -104,8 +110,11 @@ class Bench:
                 await self.guard("gateway", self.gateway_runs)
             if "baseline" not in skip:
                 await self.guard("baseline", self.baseline_run)
-            for name, scenario in (("fanout", self.fanout), ("idle", self.idle),
-                                   ("pending", self.pending)):
+            for name, scenario in (
+                ("fanout", self.fanout),
+                ("idle", self.idle),
+                ("pending", self.pending),
+            ):
                 if name not in skip:
                     self.say(f"== {name}")
                     await self.guard(name, scenario)
@@ -114,27 +123,45 @@ class Bench:
                 shutil.rmtree(self.data, ignore_errors=True)
         runs = {name: result.to_dict() for name, result in self.results.items()}
         machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-        settings = {**self.options.settings(), "gateway_rss_mb": self.gateway_memory,
-                    "data_dir": str(self.data) if self.options.keep_data else "(removed)"}
+        settings = {
+            **self.options.settings(),
+            "gateway_rss_mb": self.gateway_memory,
+            "data_dir": str(self.data) if self.options.keep_data else "(removed)",
+        }
         return assemble_results(
-            machine=machine, settings=settings, runs=runs, cpu=self.cpu,
-            fanout=self.scenarios.get("fanout"), idle=self.scenarios.get("idle"),
-            pending=self.scenarios.get("pending"), failures=self.failures,
+            machine=machine,
+            settings=settings,
+            runs=runs,
+            cpu=self.cpu,
+            fanout=self.scenarios.get("fanout"),
+            idle=self.scenarios.get("idle"),
+            pending=self.scenarios.get("pending"),
+            failures=self.failures,
             wall_time_s=time.perf_counter() - started,
         )
 
     def load_spec(self, port: int, token: str | None) -> LoadSpec:
         o = self.options
         return LoadSpec(
-            host="127.0.0.1", port=port, connections=o.connections, inflight=o.inflight,
-            duration_s=o.duration_s, warmup_s=o.warmup_s, mix={"CreditInSync": 1.0},
-            accounts=o.accounts, create_accounts=True, token=token, events=False,
+            host="127.0.0.1",
+            port=port,
+            connections=o.connections,
+            inflight=o.inflight,
+            duration_s=o.duration_s,
+            warmup_s=o.warmup_s,
+            mix={"CreditInSync": 1.0},
+            accounts=o.accounts,
+            create_accounts=True,
+            token=token,
+            events=False,
             progress=o.progress,
         )
 
     async def measure(self, name: str, server: ServerProcess, spec: LoadSpec) -> None:
-        self.say(f"== {name} ({server.name}): {spec.connections} x {spec.inflight} in flight, "
-                 f"{spec.duration_s:g} s (+{spec.warmup_s:g} s warm-up)")
+        self.say(
+            f"== {name} ({server.name}): {spec.connections} x {spec.inflight} in flight, "
+            f"{spec.duration_s:g} s (+{spec.warmup_s:g} s warm-up)"
+        )
         server_cpu, own_cpu, wall = server.cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
         result = await run_load(spec)
         wall = time.perf_counter() - wall
@@ -184,9 +211,11 @@ class Bench:
             result["gateway_rss_mb"] = mb(gateway.rss_bytes())
             self.scenarios["fanout"] = result
             delay = result["delay_ms"]
-            self.say(f"{result['delivered_per_s']:,.0f} events/s delivered to "
-                     f"{result['listeners']} listeners, send-to-receipt p50 {delay['p50']} ms "
-                     f"p99 {delay['p99']} ms, every event once: {result['every_event_once']}")
+            self.say(
+                f"{result['delivered_per_s']:,.0f} events/s delivered to "
+                f"{result['listeners']} listeners, send-to-receipt p50 {delay['p50']} ms "
+                f"p99 {delay['p99']} ms, every event once: {result['every_event_once']}"
+            )
         finally:
             await asyncio.to_thread(gateway.stop)
 
@@ -198,9 +227,11 @@ class Bench:
             spec = replace(self.options.idle, metrics_port=metrics_port)
             result = await run_idle(gateway.host, gateway.port, token, spec, gateway.rss_bytes)
             self.scenarios["idle"] = result
-            self.say(f"{result['authenticated']:,} of {spec.connections:,} sessions held, "
-                     f"gateway RSS {result['rss_before_mb']} -> {result['rss_held_mb']} -> "
-                     f"{result['rss_after_mb']} MB, HealthCheck {result['health_check']}")
+            self.say(
+                f"{result['authenticated']:,} of {spec.connections:,} sessions held, "
+                f"gateway RSS {result['rss_before_mb']} -> {result['rss_held_mb']} -> "
+                f"{result['rss_after_mb']} MB, HealthCheck {result['health_check']}"
+            )
         finally:
             await asyncio.to_thread(gateway.stop)
 
@@ -218,22 +249,33 @@ class Bench:
         finally:
             await asyncio.to_thread(setup.stop)
         gateway = await self.start_gateway(
-            "pending", metrics_port=str(metrics_port), sync_timeout_ms=str(spec.sync_timeout_ms),
+            "pending",
+            metrics_port=str(metrics_port),
+            sync_timeout_ms=str(spec.sync_timeout_ms),
             ledger_busy_timeout_ms=str(spec.ledger_busy_timeout_ms),
         )
         try:
-            result = await run_pending(gateway.host, gateway.port, token, gateway.ledger_path,
-                                       spec, gateway.rss_bytes, gateway.log_path)
+            result = await run_pending(
+                gateway.host,
+                gateway.port,
+                token,
+                gateway.ledger_path,
+                spec,
+                gateway.rss_bytes,
+                gateway.log_path,
+            )
         finally:
             await asyncio.to_thread(gateway.stop)
         self.scenarios["pending"] = result
-        self.say(f"{result['timed_out_on_time']:,} of {spec.requests:,} answered 504 on time "
-                 f"(late {result['timed_out_late']}, other {result['not_504']}, missing "
-                 f"{result['missing']}); ledger records after {result['ledger_records_after']} "
-                 f"(expected {result['ledger_records_expected']}); allocated blocks "
-                 f"{_fmt_blocks(result, 'before')} -> peak {_fmt_blocks(result, 'peak')} -> "
-                 f"{_fmt_blocks(result, 'after')}; RSS {result['rss_before_mb']} -> peak "
-                 f"{result['rss_peak_mb']} -> {result['rss_after_mb']} MB")
+        self.say(
+            f"{result['timed_out_on_time']:,} of {spec.requests:,} answered 504 on time "
+            f"(late {result['timed_out_late']}, other {result['not_504']}, missing "
+            f"{result['missing']}); ledger records after {result['ledger_records_after']} "
+            f"(expected {result['ledger_records_expected']}); allocated blocks "
+            f"{_fmt_blocks(result, 'before')} -> peak {_fmt_blocks(result, 'peak')} -> "
+            f"{_fmt_blocks(result, 'after')}; RSS {result['rss_before_mb']} -> peak "
+            f"{result['rss_peak_mb']} -> {result['rss_after_mb']} MB"
+        )
 
     def write(self, results: dict[str, Any]) -> list[Path]:
         """results.json and every plot; a plot that fails is recorded, not fatal."""
@@ -254,15 +296,17 @@ class Bench:
         written: list[Path] = []
         for name, result in self.results.items():
             written += plot_result(result, self.out, name)
-        compared = {name: run for name, run in results["runs"].items()
-                    if name in ("gateway", "baseline")}
+        compared = {
+            name: run for name, run in results["runs"].items() if name in ("gateway", "baseline")
+        }
         if compared:
             written.append(comparison_chart(compared, self.out / "comparison-throughput.png"))
         if results["fanout"] is not None:
             written.append(fanout_delay_chart(results["fanout"], self.out / "fanout-delay.png"))
         if results["pending"] is not None:
-            written.append(pending_memory_chart(results["pending"],
-                                                self.out / "pending-memory.png"))
+            written.append(
+                pending_memory_chart(results["pending"], self.out / "pending-memory.png")
+            )
         return written
 
 

@@ -39,8 +39,11 @@ def _timeline_figure(result: LoadResult, name: str) -> Figure:
     rate_ax.set_ylim(bottom=0)
     rate_ax.set_title(f"{name}: {result.rps:.0f} ok/s over {result.duration_s:.1f} s")
     for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
-        points = [(t, row[key]) for t, row in zip(times, result.timeline, strict=True)
-                  if row[key] is not None]
+        points = [
+            (t, row[key])
+            for t, row in zip(times, result.timeline, strict=True)
+            if row[key] is not None
+        ]
         latency_ax.plot([t for t, _ in points], [v for _, v in points], marker=".", label=label)
     latency_ax.set_ylabel("latency (ms)")
     latency_ax.set_xlabel("seconds since measuring began (end of each interval)")

@@ -120,12 +120,11 @@ def start_gateway(
 ) -> GatewayProcess:
     """`manager-gateway serve` on a free port with `data_dir`, logs (JSON lines) to `log_path`."""
     settings = {"log_format": "json", **(settings or {})}
-    command = gateway_command(
-        "serve", "--data-dir", str(data_dir), "--host", host, "--port", "0"
-    )
+    command = gateway_command("serve", "--data-dir", str(data_dir), "--host", host, "--port", "0")
     popen, offset = _spawn(command, log_path, gateway_env(settings))
-    bound_host, port = _wait_ready(popen, log_path, offset, GATEWAY_READY, "gateway",
-                                   ready_timeout_s)
+    bound_host, port = _wait_ready(
+        popen, log_path, offset, GATEWAY_READY, "gateway", ready_timeout_s
+    )
     return GatewayProcess(
         "gateway", popen, bound_host, port, log_path, data_dir=data_dir, settings=settings
     )
@@ -137,8 +136,9 @@ def start_baseline(
     """tools/baseline_server.py on a free port, output to `log_path`."""
     command = [sys.executable, str(BASELINE_SCRIPT), "--host", host, "--port", "0"]
     popen, offset = _spawn(command, log_path, gateway_env())
-    bound_host, port = _wait_ready(popen, log_path, offset, BASELINE_READY, "baseline",
-                                   ready_timeout_s)
+    bound_host, port = _wait_ready(
+        popen, log_path, offset, BASELINE_READY, "baseline", ready_timeout_s
+    )
     return ServerProcess("baseline", popen, bound_host, port, log_path)
 
 
@@ -147,9 +147,7 @@ def mint_token(data_dir: Path, login: int = 1, role: str = "manager") -> str:
     command = gateway_command(
         "token", "--data-dir", str(data_dir), "--login", str(login), "--role", role
     )
-    done = subprocess.run(
-        command, capture_output=True, env=gateway_env(), timeout=60, check=False
-    )
+    done = subprocess.run(command, capture_output=True, env=gateway_env(), timeout=60, check=False)
     lines = done.stdout.decode().split()
     if done.returncode != 0 or not lines:
         raise ProcessError(
@@ -167,7 +165,11 @@ def _spawn(
         offset = log.tell()
         # The child keeps its own descriptor of the log file; ours is closed on leaving.
         popen = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
             cwd=ROOT,
         )
     return popen, offset

@@ -58,8 +58,10 @@ def summary(total: int, own: Counter[str], inclusive: Counter[str], top: int = T
     if not total:
         return "no samples (was the gateway busy? is py-spy allowed to attach?)\n"
     lines = [f"{total} samples"]
-    for title, counts in (("own time (innermost frame)", own),
-                          ("inclusive time (anywhere on the stack)", inclusive)):
+    for title, counts in (
+        ("own time (innermost frame)", own),
+        ("inclusive time (anywhere on the stack)", inclusive),
+    ):
         lines.append(f"-- {title}")
         lines += [f"{100 * n / total:5.1f}%  {name}" for name, n in counts.most_common(top)]
     return "\n".join(lines) + "\n"
@@ -67,12 +69,32 @@ def summary(total: int, own: Counter[str], inclusive: Counter[str], top: int = T
 
 async def _drive(gateway: GatewayProcess, duration_s: float, out: Path, gil: bool) -> str:
     token = await asyncio.to_thread(gateway.mint_token)
-    base = LoadSpec(host=gateway.host, port=gateway.port, token=token, connections=50,
-                    inflight=4, accounts=100, progress=False)
+    base = LoadSpec(
+        host=gateway.host,
+        port=gateway.port,
+        token=token,
+        connections=50,
+        inflight=4,
+        accounts=100,
+        progress=False,
+    )
     await run_load(replace(base, requests=200, duration_s=None, create_accounts=True))
     raw = out / "profile.txt"
-    command = [_py_spy(), "record", "--pid", str(gateway.pid), "--duration", str(int(duration_s)),
-               "--rate", "250", "--nonblocking", "--format", "raw", "--output", str(raw)]
+    command = [
+        _py_spy(),
+        "record",
+        "--pid",
+        str(gateway.pid),
+        "--duration",
+        str(int(duration_s)),
+        "--rate",
+        "250",
+        "--nonblocking",
+        "--format",
+        "raw",
+        "--output",
+        str(raw),
+    ]
     if gil:
         command.append("--gil")
     spy = await asyncio.create_subprocess_exec(*command, stdout=subprocess.DEVNULL)
@@ -84,8 +106,10 @@ async def _drive(gateway: GatewayProcess, duration_s: float, out: Path, gil: boo
         text = summary(*parse_stacks(stacks))
     (out / "profile-summary.txt").write_text(text)
     figures = result.to_dict()
-    return (f"load: {figures['rps']:.0f} ok/s, p50 {figures['p50_ms']} ms, "
-            f"p99 {figures['p99_ms']} ms\n{text}")
+    return (
+        f"load: {figures['rps']:.0f} ok/s, p50 {figures['p50_ms']} ms, "
+        f"p99 {figures['p99_ms']} ms\n{text}"
+    )
 
 
 def _py_spy() -> str:
@@ -98,10 +122,17 @@ def _py_spy() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tools/profile", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=15.0, help="seconds sampled")
-    parser.add_argument("--out", type=Path, default=Path("var/profile"),
-                        help="output dir (default var/profile, which git ignores)")
-    parser.add_argument("--all-threads", action="store_true",
-                        help="sample every thread, not only the one holding the GIL")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("var/profile"),
+        help="output dir (default var/profile, which git ignores)",
+    )
+    parser.add_argument(
+        "--all-threads",
+        action="store_true",
+        help="sample every thread, not only the one holding the GIL",
+    )
     return parser
 
 

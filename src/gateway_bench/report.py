@@ -32,8 +32,9 @@ def headline(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     gateway, single, baseline = (runs.get(name) for name in ("gateway", "single", "baseline"))
     gateway_rps = gateway["rps"] if gateway else None
     baseline_rps = baseline["rps"] if baseline else None
-    ratio = (round(gateway_rps / baseline_rps, 3)
-             if gateway_rps is not None and baseline_rps else None)
+    ratio = (
+        round(gateway_rps / baseline_rps, 3) if gateway_rps is not None and baseline_rps else None
+    )
     return {
         "gateway_rps": gateway_rps,
         "baseline_rps": baseline_rps,
@@ -77,8 +78,12 @@ def assemble_results(
 
 
 def evaluate_targets(results: dict[str, Any]) -> list[Target]:
-    return [*_load_targets(results), *_fanout_targets(results.get("fanout")),
-            *_idle_targets(results.get("idle")), *_pending_targets(results.get("pending"))]
+    return [
+        *_load_targets(results),
+        *_fanout_targets(results.get("fanout")),
+        *_idle_targets(results.get("idle")),
+        *_pending_targets(results.get("pending")),
+    ]
 
 
 def _at_most(limit: float) -> Callable[[Any], bool | None]:
@@ -89,8 +94,9 @@ def _at_least(limit: float) -> Callable[[Any], bool | None]:
     return lambda value: None if value is None else value >= limit
 
 
-def _target(name: str, goal: str, value: Any, judge: Callable[[Any], bool | None],
-            detail: str = "") -> Target:
+def _target(
+    name: str, goal: str, value: Any, judge: Callable[[Any], bool | None], detail: str = ""
+) -> Target:
     return Target(name, goal, value, judge(value), detail)
 
 
@@ -100,73 +106,127 @@ def _load_targets(results: dict[str, Any]) -> list[Target]:
     errors = None
     if gateway is not None:
         errors = sum(gateway["errors"].values()) + gateway["mismatches"]
-    rps_detail = (f"{results['gateway_rps']} vs {results['baseline_rps']} ok/s"
-                  if results.get("ratio") is not None else "")
+    rps_detail = (
+        f"{results['gateway_rps']} vs {results['baseline_rps']} ok/s"
+        if results.get("ratio") is not None
+        else ""
+    )
     return [
-        _target("CreditInSync 50x4: throughput / baseline", ">= 0.35", results.get("ratio"),
-                _at_least(0.35), rps_detail),
+        _target(
+            "CreditInSync 50x4: throughput / baseline",
+            ">= 0.35",
+            results.get("ratio"),
+            _at_least(0.35),
+            rps_detail,
+        ),
         _target("CreditInSync 50x4: p99", "<= 25 ms", results.get("p99_ms"), _at_most(25.0)),
         _target("CreditInSync 50x4: errors and mismatches", "== 0", errors, _at_most(0)),
-        _target("CreditInSync 1x1: p50 (durable commits)", "<= 1 ms",
-                results.get("single_p50_ms"), _at_most(1.0)),
-        _target("CreditInSync 1x1: p99 (durable commits)", "<= 3 ms",
-                results.get("single_p99_ms"), _at_most(3.0)),
-        _target("CreditInSync 1x1: errors and mismatches", "== 0",
-                None if single is None else sum(single["errors"].values())
-                + single["mismatches"], _at_most(0)),
+        _target(
+            "CreditInSync 1x1: p50 (durable commits)",
+            "<= 1 ms",
+            results.get("single_p50_ms"),
+            _at_most(1.0),
+        ),
+        _target(
+            "CreditInSync 1x1: p99 (durable commits)",
+            "<= 3 ms",
+            results.get("single_p99_ms"),
+            _at_most(3.0),
+        ),
+        _target(
+            "CreditInSync 1x1: errors and mismatches",
+            "== 0",
+            None if single is None else sum(single["errors"].values()) + single["mismatches"],
+            _at_most(0),
+        ),
     ]
 
 
 def _fanout_targets(fanout: dict[str, Any] | None) -> list[Target]:
     if fanout is None:
-        return [Target("fan-out: events delivered / s", ">= 20000", None, None),
-                Target("fan-out: send-to-receipt p99", "<= 50 ms", None, None),
-                Target("fan-out: every event once per listener", "yes", None, None)]
+        return [
+            Target("fan-out: events delivered / s", ">= 20000", None, None),
+            Target("fan-out: send-to-receipt p99", "<= 50 ms", None, None),
+            Target("fan-out: every event once per listener", "yes", None, None),
+        ]
     listeners = fanout["listeners"]
     return [
-        _target(f"fan-out to {listeners}: events delivered / s", ">= 20000",
-                fanout["delivered_per_s"], _at_least(20_000),
-                f"offered {fanout['offered_per_s']:g}/s"),
-        _target(f"fan-out to {listeners}: send-to-receipt p99", "<= 50 ms",
-                fanout["delay_ms"]["p99"], _at_most(50.0),
-                "upper bound of commit-to-receipt"),
-        Target(f"fan-out to {listeners}: every event once per listener", "yes",
-               fanout["every_event_once"], fanout["every_event_once"],
-               f"missing {fanout['events_missing']}, duplicated {fanout['events_duplicated']}"),
+        _target(
+            f"fan-out to {listeners}: events delivered / s",
+            ">= 20000",
+            fanout["delivered_per_s"],
+            _at_least(20_000),
+            f"offered {fanout['offered_per_s']:g}/s",
+        ),
+        _target(
+            f"fan-out to {listeners}: send-to-receipt p99",
+            "<= 50 ms",
+            fanout["delay_ms"]["p99"],
+            _at_most(50.0),
+            "upper bound of commit-to-receipt",
+        ),
+        Target(
+            f"fan-out to {listeners}: every event once per listener",
+            "yes",
+            fanout["every_event_once"],
+            fanout["every_event_once"],
+            f"missing {fanout['events_missing']}, duplicated {fanout['events_duplicated']}",
+        ),
     ]
 
 
 def _idle_targets(idle: dict[str, Any] | None) -> list[Target]:
     if idle is None:
-        return [Target("idle: authenticated connections held", "all", None, None),
-                Target("idle: gateway RSS with all held", "< 400 MB", None, None)]
+        return [
+            Target("idle: authenticated connections held", "all", None, None),
+            Target("idle: gateway RSS with all held", "< 400 MB", None, None),
+        ]
     wanted = idle["spec"]["connections"]
     return [
-        _target("idle: authenticated connections held", f"== {wanted}", idle["authenticated"],
-                lambda value: value == wanted and idle["held_open"] == wanted
-                and idle["health_check"] == "200",
-                f"HealthCheck while held: {idle['health_check']}"),
-        _target("idle: gateway RSS with all held", "< 400 MB", idle["rss_held_mb"],
-                lambda value: None if value is None else value < 400,
-                f"before {idle['rss_before_mb']} MB, after close {idle['rss_after_mb']} MB"),
+        _target(
+            "idle: authenticated connections held",
+            f"== {wanted}",
+            idle["authenticated"],
+            lambda value: (
+                value == wanted and idle["held_open"] == wanted and idle["health_check"] == "200"
+            ),
+            f"HealthCheck while held: {idle['health_check']}",
+        ),
+        _target(
+            "idle: gateway RSS with all held",
+            "< 400 MB",
+            idle["rss_held_mb"],
+            lambda value: None if value is None else value < 400,
+            f"before {idle['rss_before_mb']} MB, after close {idle['rss_after_mb']} MB",
+        ),
     ]
 
 
 def _pending_targets(pending: dict[str, Any] | None) -> list[Target]:
     if pending is None:
-        return [Target("pending Sync: all 504 within timeout + 100 ms", "all", None, None),
-                Target("pending Sync: no waiter left (gateway metrics)", "== 0", None, None),
-                Target(BLOCKS_TARGET, "<= before x 1.02 + 10,000", None, None)]
+        return [
+            Target("pending Sync: all 504 within timeout + 100 ms", "all", None, None),
+            Target("pending Sync: no waiter left (gateway metrics)", "== 0", None, None),
+            Target(BLOCKS_TARGET, "<= before x 1.02 + 10,000", None, None),
+        ]
     requests = pending["spec"]["requests"]
     waiters = pending.get("waiters_after")
     return [
-        _target("pending Sync: all 504 within timeout + 100 ms", f"== {requests}",
-                pending["timed_out_on_time"], lambda value: value == requests,
-                f"late {pending['timed_out_late']}, not 504 {pending['not_504']}, missing "
-                f"{pending['missing']}; at most {pending['pending_peak']} pending at once"),
-        Target("pending Sync: no waiter left (gateway metrics)", "== 0", waiters,
-               None if waiters is None else waiters == 0,
-               "" if waiters is not None else "the gateway serves no metrics"),
+        _target(
+            "pending Sync: all 504 within timeout + 100 ms",
+            f"== {requests}",
+            pending["timed_out_on_time"],
+            lambda value: value == requests,
+            f"late {pending['timed_out_late']}, not 504 {pending['not_504']}, missing "
+            f"{pending['missing']}; at most {pending['pending_peak']} pending at once",
+        ),
+        Target(
+            "pending Sync: no waiter left (gateway metrics)",
+            "== 0",
+            waiters,
+            None if waiters is None else waiters == 0,
+            "" if waiters is not None else "the gateway serves no metrics",
+        ),
         _blocks_target(pending),
     ]
 
@@ -195,12 +255,15 @@ def _blocks_target(pending: dict[str, Any]) -> Target:
     for the record)."""
     before, peak = pending.get("allocated_blocks_before"), pending.get("allocated_blocks_peak")
     after = pending.get("allocated_blocks_after")
-    detail = (f"blocks before {_fmt(before)}, peak {_fmt(peak)}; RSS "
-              f"{_fmt(pending.get('rss_before_mb'))} -> {_fmt(pending.get('rss_peak_mb'))} -> "
-              f"{_fmt(pending.get('rss_after_mb'))} MB")
+    detail = (
+        f"blocks before {_fmt(before)}, peak {_fmt(peak)}; RSS "
+        f"{_fmt(pending.get('rss_before_mb'))} -> {_fmt(pending.get('rss_peak_mb'))} -> "
+        f"{_fmt(pending.get('rss_after_mb'))} MB"
+    )
     if before is None or after is None:
-        return Target(BLOCKS_TARGET, "<= before x 1.02 + 10,000", None, None,
-                      "the gateway serves no metrics")
+        return Target(
+            BLOCKS_TARGET, "<= before x 1.02 + 10,000", None, None, "the gateway serves no metrics"
+        )
     limit = blocks_limit(before)
     return Target(BLOCKS_TARGET, f"<= {limit:,.0f}", after, after <= limit, detail)
 
@@ -227,8 +290,10 @@ def summary_table(results: dict[str, Any]) -> str:
         *_cpu_lines(results.get("cpu") or {}),
         "",
     ]
-    rows = [(t["name"], t["target"], _fmt(t["value"]), _verdict(t["met"]), t["detail"])
-            for t in results["targets"]]
+    rows = [
+        (t["name"], t["target"], _fmt(t["value"]), _verdict(t["met"]), t["detail"])
+        for t in results["targets"]
+    ]
     widths = [max(len(row[i]) for row in [*rows, _HEADER]) for i in range(4)]
     for row in [_HEADER, *rows]:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
@@ -245,7 +310,8 @@ def _cpu_lines(cpu: dict[str, dict[str, float]]) -> list[str]:
     parts = [
         f"{name} server {use['server_cpu_s'] / use['wall_s']:.2f}, generator "
         f"{use['generator_cpu_s'] / use['wall_s']:.2f}"
-        for name, use in cpu.items() if use.get("wall_s")
+        for name, use in cpu.items()
+        if use.get("wall_s")
     ]
     return ["cores busy: " + "; ".join(parts)]
 

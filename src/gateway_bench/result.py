@@ -89,8 +89,10 @@ class LoadResult:
             "events_received": self.events_received,
             "duration_s": self.duration_s,
             "rps": self.rps,
-            **{key: latency[key] for key in
-               ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms", "min_ms")},
+            **{
+                key: latency[key]
+                for key in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms", "min_ms")
+            },
             "answers": latency["count"],
             "clamped": latency["clamped"],
             "timeline": self.timeline,
@@ -105,24 +107,37 @@ class LoadResult:
     def summary(self) -> str:
         """A few lines for a person."""
         spec = self.spec
-        mode = (f"closed loop, {spec.inflight} in flight each" if spec.closed_loop
-                else f"open loop at {spec.rate:g}/s")
+        mode = (
+            f"closed loop, {spec.inflight} in flight each"
+            if spec.closed_loop
+            else f"open loop at {spec.rate:g}/s"
+        )
         lat = self.histogram.summary()
         lines = [
             f"{self.requests} requests in {self.duration_s:.2f} s over {spec.connections} "
             f"connections ({mode}): {self.ok} ok, {self.rps:.1f} ok/s",
-            "latency ms: " + (
-                "no answers" if not lat["count"] else "  ".join(
-                    f"{name} {lat[key]:.3f}" for name, key in (
-                        ("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"),
-                        ("p99.9", "p999_ms"), ("max", "max_ms"), ("mean", "mean_ms"))
+            "latency ms: "
+            + (
+                "no answers"
+                if not lat["count"]
+                else "  ".join(
+                    f"{name} {lat[key]:.3f}"
+                    for name, key in (
+                        ("p50", "p50_ms"),
+                        ("p90", "p90_ms"),
+                        ("p99", "p99_ms"),
+                        ("p99.9", "p999_ms"),
+                        ("max", "max_ms"),
+                        ("mean", "mean_ms"),
+                    )
                 )
             ),
-            "errors: " + (", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items()))
-                          or "none"),
-            f"mismatches: {self.mismatches}" + (
+            "errors: " + (", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items())) or "none"),
+            f"mismatches: {self.mismatches}"
+            + (
                 " (" + ", ".join(f"{k} x{v}" for k, v in self.mismatch_fields.items()) + ")"
-                if self.mismatches else ""
+                if self.mismatches
+                else ""
             ),
             f"orphans: {self.orphans} (late {self.late_answers})  "
             f"events received: {self.events_received}",
@@ -131,8 +146,10 @@ class LoadResult:
             lines.append(f"first mismatch: {self.mismatch_examples[0]['reason']}")
         if self.scheduler_lag and self.scheduler_lag["count"]:
             lag = self.scheduler_lag
-            lines.append(f"scheduler lag ms: p50 {lag['p50_ms']:.3f}  p99 {lag['p99_ms']:.3f}  "
-                         f"max {lag['max_ms']:.3f}")
+            lines.append(
+                f"scheduler lag ms: p50 {lag['p50_ms']:.3f}  p99 {lag['p99_ms']:.3f}  "
+                f"max {lag['max_ms']:.3f}"
+            )
         if lat["clamped"]:
             lines.append(f"latencies over 60 s, recorded as 60 s: {lat['clamped']}")
         return "\n".join(lines)
@@ -149,10 +166,12 @@ class Progress:
         from tqdm import tqdm  # imported here: a library run without progress never needs it
 
         # tqdm's own rate would count warmup time too: the postfix carries the interval's rate.
-        counted = ("{percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt}" if spec.requests
-                   else "{n_fmt}")
+        counted = "{percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt}" if spec.requests else "{n_fmt}"
         self.bar: tqdm[Any] = tqdm(
-            total=spec.requests, file=stream, dynamic_ncols=True, mininterval=0,
+            total=spec.requests,
+            file=stream,
+            dynamic_ncols=True,
+            mininterval=0,
             desc="warmup" if spec.warmup_s else "load",
             bar_format="{desc} " + counted + " ok [{elapsed}{postfix}]",
         )
@@ -163,7 +182,8 @@ class Progress:
         self.bar.set_description_str("load", refresh=False)
         self.bar.set_postfix_str(
             f"{stats['rps']:.0f} ok/s, p99 {p99} ms, errors {checker.error_count}, "
-            f"mismatches {checker.mismatches}", refresh=False,
+            f"mismatches {checker.mismatches}",
+            refresh=False,
         )
         self.bar.update(checker.ok - self.bar.n)
 

@@ -33,7 +33,9 @@ from .spec import LoadSpec, RequestSource
 
 _FINANCE_KIND = {
     f"{kind}{way}{sync}": kind.lower()
-    for kind in ("Balance", "Credit") for way in ("In", "Out") for sync in ("", "Sync")
+    for kind in ("Balance", "Credit")
+    for way in ("In", "Out")
+    for sync in ("", "Sync")
 }
 
 # (intended send time, command, data, measured?)

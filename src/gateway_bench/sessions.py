@@ -44,7 +44,11 @@ def raise_file_limit() -> tuple[int, int]:
 
 
 async def open_clients(
-    host: str, port: int, count: int, *, parallel: int = 200,
+    host: str,
+    port: int,
+    count: int,
+    *,
+    parallel: int = 200,
     on_event: EventHandler | None = None,
 ) -> tuple[list[GatewayClient], Counter[str]]:
     """Open up to `count` connections, `parallel` at a time; returns them and failures by kind."""
@@ -64,8 +68,13 @@ async def open_clients(
 
 
 async def request_all(
-    clients: Sequence[GatewayClient], command: str, data: dict[str, Any], *,
-    token: str | None = None, parallel: int = 200, timeout_s: float = 30.0,
+    clients: Sequence[GatewayClient],
+    command: str,
+    data: dict[str, Any],
+    *,
+    token: str | None = None,
+    parallel: int = 200,
+    timeout_s: float = 30.0,
 ) -> Counter[str]:
     """One request on each client, `parallel` outstanding at a time; outcomes by
     "200" / "status/ERROR" / "client/TIMEOUT" / "client/CONNECTION_LOST"."""
@@ -81,8 +90,13 @@ async def request_all(
 
 
 async def outcome(
-    client: GatewayClient, command: str, data: dict[str, Any], *,
-    token: str | None = None, timeout_s: float = 30.0, ext_id: str | None = None,
+    client: GatewayClient,
+    command: str,
+    data: dict[str, Any],
+    *,
+    token: str | None = None,
+    timeout_s: float = 30.0,
+    ext_id: str | None = None,
 ) -> str:
     try:
         answer = await client.request(
@@ -101,8 +115,13 @@ def describe(answer: dict[str, Any]) -> str:
 
 
 async def expect_ok(
-    client: GatewayClient, command: str, data: dict[str, Any], *,
-    token: str | None = None, allow: tuple[str, ...] = (), timeout_s: float = 30.0,
+    client: GatewayClient,
+    command: str,
+    data: dict[str, Any],
+    *,
+    token: str | None = None,
+    allow: tuple[str, ...] = (),
+    timeout_s: float = 30.0,
 ) -> dict[str, Any]:
     """Request and return the answer; raise ScenarioError unless it is 200 (or an allowed error)."""
     try:
@@ -135,8 +154,12 @@ async def create_accounts(client: GatewayClient, logins: Sequence[int], tag: str
     futures = [
         client.send(
             "AddUser",
-            {**ACCOUNT, "login": login, "name": f"{tag} {login}",
-             "email": f"{tag}{login}@example.com"},
+            {
+                **ACCOUNT,
+                "login": login,
+                "name": f"{tag} {login}",
+                "email": f"{tag}{login}@example.com",
+            },
             ext_id=next_ext_id(),
         )
         for login in logins

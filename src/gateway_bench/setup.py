@@ -11,7 +11,10 @@ from .spec import LoadSpec
 
 EVENT_CHANNELS = ["trade:event", "balance:event"]
 _ACCOUNT = {  # AddUser fields besides the login (PROTOCOL.md section 5)
-    "group": "demo", "password": "loadgen-secret", "leverage": 100, "enable": 1,
+    "group": "demo",
+    "password": "loadgen-secret",
+    "leverage": 100,
+    "enable": 1,
 }
 
 
@@ -27,10 +30,12 @@ async def prepare_connections(
     to it, so load frames need not); with `events` off it also unsubscribes from the event
     channels, so the connection hears only its own answers."""
     command = "Subscribe" if spec.events else "Unsubscribe"
-    await asyncio.gather(*(
-        _expect(client, command, {"chanels": EVENT_CHANNELS}, next_ext_id(), spec, spec.token)
-        for client in clients
-    ))
+    await asyncio.gather(
+        *(
+            _expect(client, command, {"chanels": EVENT_CHANNELS}, next_ext_id(), spec, spec.token)
+            for client in clients
+        )
+    )
     if spec.create_accounts:
         await create_accounts(spec, clients, next_ext_id)
 
@@ -45,17 +50,21 @@ async def create_accounts(
 
     async def worker(client: GatewayClient, share: list[int]) -> None:
         for login in share:
-            account = {**_ACCOUNT, "login": login, "name": f"Load {login}",
-                       "email": f"load{login}@example.com"}
+            account = {
+                **_ACCOUNT,
+                "login": login,
+                "name": f"Load {login}",
+                "email": f"load{login}@example.com",
+            }
             await _expect(client, "AddUser", account, next_ext_id(), spec, allow=("USER_EXISTS",))
             funds = {"login": login, "amount": spec.initial_balance, "comment": "loadgen funds"}
             await _expect(client, "BalanceIn", funds, next_ext_id(), spec)
             if fund_credit:
                 await _expect(client, "CreditIn", funds, next_ext_id(), spec)
 
-    await asyncio.gather(*(
-        worker(client, logins[i :: len(clients)]) for i, client in enumerate(clients)
-    ))
+    await asyncio.gather(
+        *(worker(client, logins[i :: len(clients)]) for i, client in enumerate(clients))
+    )
 
 
 async def _expect(

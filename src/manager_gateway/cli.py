@@ -24,8 +24,12 @@ from .session.tokens import TokenService
 #: `serve`'s exit status when shutdown had to give up on a ledger that did not finish.
 EXIT_LEDGER_ABANDONED = 1
 
-ROLES = {"user": SessionType.USER, "manager": SessionType.MANAGER,
-         "dealer": SessionType.DEALER, "admin": SessionType.ADMIN}
+ROLES = {
+    "user": SessionType.USER,
+    "manager": SessionType.MANAGER,
+    "dealer": SessionType.DEALER,
+    "admin": SessionType.ADMIN,
+}
 
 
 def _raise_file_limit() -> None:

@@ -26,8 +26,21 @@ def test_quick_and_full_profiles_set_durations() -> None:
 
 def test_overrides_reach_every_phase() -> None:
     """--duration, --connections, --inflight and --accounts override the profile."""
-    o = options("--quick", "--duration", "4", "--warmup", "0", "--connections", "8",
-                "--inflight", "2", "--accounts", "7", "--pending-requests", "2500")
+    o = options(
+        "--quick",
+        "--duration",
+        "4",
+        "--warmup",
+        "0",
+        "--connections",
+        "8",
+        "--inflight",
+        "2",
+        "--accounts",
+        "7",
+        "--pending-requests",
+        "2500",
+    )
     assert (o.duration_s, o.warmup_s, o.connections, o.inflight) == (4.0, 0.0, 8, 2)
     assert o.fanout.accounts == 7
     assert o.fanout.duration_s == 4.0 and o.fanout.warmup_s == 0.0
@@ -43,8 +56,9 @@ def test_skip_takes_known_phases_only(capsys: pytest.CaptureFixture[str]) -> Non
     assert "nonsense" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [[], ["--out", "d", "--duration", "0"],
-                                  ["--out", "d", "--connections", "-1"]])
+@pytest.mark.parametrize(
+    "argv", [[], ["--out", "d", "--duration", "0"], ["--out", "d", "--connections", "-1"]]
+)
 def test_bad_arguments_exit_2(argv: list[str]) -> None:
     """No --out, or a non-positive duration or count, is a usage error."""
     with pytest.raises(SystemExit) as exit_info:
@@ -52,33 +66,69 @@ def test_bad_arguments_exit_2(argv: list[str]) -> None:
     assert exit_info.value.code == 2
 
 
-def load_run(rps: float, p50: float, p99: float, errors: dict[str, int] | None = None) -> dict[
-        str, Any]:
-    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors or {}, "mismatches": 0,
-            "timeline": []}
+def load_run(
+    rps: float, p50: float, p99: float, errors: dict[str, int] | None = None
+) -> dict[str, Any]:
+    return {
+        "rps": rps,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "errors": errors or {},
+        "mismatches": 0,
+        "timeline": [],
+    }
 
 
-FANOUT = {"listeners": 10, "delivered_per_s": 29_900.0, "offered_per_s": 30_000.0,
-          "delay_ms": {"p50": 3.0, "p99": 61.0}, "every_event_once": True,
-          "events_missing": 0, "events_duplicated": 0}
-IDLE = {"spec": {"connections": 10_000}, "authenticated": 10_000, "held_open": 10_000,
-        "health_check": "200", "rss_before_mb": 42.0, "rss_held_mb": 81.5, "rss_after_mb": 74.0}
-PENDING = {"spec": {"requests": 100_000}, "timed_out_on_time": 100_000, "timed_out_late": 0,
-           "not_504": 0, "missing": 0, "pending_peak": 99_000, "waiters_after": 0.0,
-           "rss_before_mb": 43.0, "rss_peak_mb": 443.0, "rss_after_mb": 420.0,
-           "allocated_blocks_before": 250_000.0, "allocated_blocks_peak": 3_500_000.0,
-           "allocated_blocks_after": 264_000.0}  # limit: 250,000 x 1.02 + 10,000 = 265,000
+FANOUT = {
+    "listeners": 10,
+    "delivered_per_s": 29_900.0,
+    "offered_per_s": 30_000.0,
+    "delay_ms": {"p50": 3.0, "p99": 61.0},
+    "every_event_once": True,
+    "events_missing": 0,
+    "events_duplicated": 0,
+}
+IDLE = {
+    "spec": {"connections": 10_000},
+    "authenticated": 10_000,
+    "held_open": 10_000,
+    "health_check": "200",
+    "rss_before_mb": 42.0,
+    "rss_held_mb": 81.5,
+    "rss_after_mb": 74.0,
+}
+PENDING = {
+    "spec": {"requests": 100_000},
+    "timed_out_on_time": 100_000,
+    "timed_out_late": 0,
+    "not_504": 0,
+    "missing": 0,
+    "pending_peak": 99_000,
+    "waiters_after": 0.0,
+    "rss_before_mb": 43.0,
+    "rss_peak_mb": 443.0,
+    "rss_after_mb": 420.0,
+    "allocated_blocks_before": 250_000.0,
+    "allocated_blocks_peak": 3_500_000.0,
+    "allocated_blocks_after": 264_000.0,
+}  # limit: 250,000 x 1.02 + 10,000 = 265,000
 
 
 def results(**sections: Any) -> dict[str, Any]:
-    runs = {"gateway": load_run(9_000.0, 8.0, 20.0), "single": load_run(1_500.0, 0.6, 2.5),
-            "baseline": load_run(20_000.0, 2.0, 5.0)}
+    runs = {
+        "gateway": load_run(9_000.0, 8.0, 20.0),
+        "single": load_run(1_500.0, 0.6, 2.5),
+        "baseline": load_run(20_000.0, 2.0, 5.0),
+    }
     return assemble_results(
         machine={"cpu_model": "test cpu", "git": {"commit": "abc", "dirty": False}},
         settings={"mode": "quick", "connections": 50, "inflight": 4, "accounts": 100},
-        runs=sections.pop("runs", runs), fanout=sections.get("fanout", FANOUT),
-        idle=sections.get("idle", IDLE), pending=sections.get("pending", PENDING),
-        failures={}, wall_time_s=170.04,
+        runs=sections.pop("runs", runs),
+        fanout=sections.get("fanout", FANOUT),
+        idle=sections.get("idle", IDLE),
+        pending=sections.get("pending", PENDING),
+        failures={},
+        wall_time_s=170.04,
         cpu={"gateway": {"wall_s": 18.0, "server_cpu_s": 18.0, "generator_cpu_s": 9.0}},
     )
 
@@ -114,10 +164,18 @@ def test_targets_are_judged_from_the_figures() -> None:
 
 def test_missed_targets_and_errors() -> None:
     """Errors, a slow gateway, late timeouts and a leftover waiter are each a miss."""
-    runs = {"gateway": load_run(5_000.0, 9.0, 40.0, {"504/SYNC_TIMEOUT": 3}),
-            "single": load_run(900.0, 1.2, 4.0), "baseline": load_run(20_000.0, 2.0, 5.0)}
-    pending = {**PENDING, "timed_out_on_time": 99_990, "timed_out_late": 10,
-               "waiters_after": 2.0, "allocated_blocks_after": 266_000.0}
+    runs = {
+        "gateway": load_run(5_000.0, 9.0, 40.0, {"504/SYNC_TIMEOUT": 3}),
+        "single": load_run(900.0, 1.2, 4.0),
+        "baseline": load_run(20_000.0, 2.0, 5.0),
+    }
+    pending = {
+        **PENDING,
+        "timed_out_on_time": 99_990,
+        "timed_out_late": 10,
+        "waiters_after": 2.0,
+        "allocated_blocks_after": 266_000.0,
+    }
     met = verdicts(results(runs=runs, pending=pending))
     assert met["CreditInSync 50x4: throughput / baseline"] is False  # 0.25
     assert met["CreditInSync 50x4: errors and mismatches"] is False
@@ -133,8 +191,12 @@ def test_allocated_blocks_are_judged_against_the_starting_level() -> None:
     name = "pending Sync: allocated blocks back to the starting level"
     at_limit = {**PENDING, "allocated_blocks_after": 265_000.0, "rss_after_mb": 443.0}
     assert verdicts(results(pending=at_limit))[name] is True
-    no_metrics = {**PENDING, "allocated_blocks_before": None, "allocated_blocks_peak": None,
-                  "allocated_blocks_after": None}
+    no_metrics = {
+        **PENDING,
+        "allocated_blocks_before": None,
+        "allocated_blocks_peak": None,
+        "allocated_blocks_after": None,
+    }
     assert verdicts(results(pending=no_metrics))[name] is None
 
 
@@ -169,12 +231,33 @@ def test_skipping_everything_still_writes_results(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_tiny_whole_run_writes_figures_and_plots(tmp_path: Path) -> None:
     """Every phase at a toy scale: results.json has each section, each run's plots exist."""
-    code = main([
-        "--out", str(tmp_path), "--duration", "0.5", "--warmup", "0", "--connections", "2",
-        "--inflight", "1", "--accounts", "2", "--fanout-listeners", "2", "--fanout-rate", "100",
-        "--idle-connections", "20", "--pending-requests", "100", "--pending-timeout-ms", "300",
-        "--no-progress",
-    ])
+    code = main(
+        [
+            "--out",
+            str(tmp_path),
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--connections",
+            "2",
+            "--inflight",
+            "1",
+            "--accounts",
+            "2",
+            "--fanout-listeners",
+            "2",
+            "--fanout-rate",
+            "100",
+            "--idle-connections",
+            "20",
+            "--pending-requests",
+            "100",
+            "--pending-timeout-ms",
+            "300",
+            "--no-progress",
+        ]
+    )
     document = orjson.loads((tmp_path / "results.json").read_bytes())
     assert document["failures"] == {} and code == 0
     assert set(document["runs"]) == set(document["cpu"]) == {"gateway", "single", "baseline"}
@@ -185,7 +268,13 @@ def test_a_tiny_whole_run_writes_figures_and_plots(tmp_path: Path) -> None:
     assert document["pending"]["gateway_logged_timeouts"]["expired_requests"] == 100
     assert document["pending"]["ledger_records_after"] == 2
     assert document["settings"]["ledger_synchronous"] == "FULL"
-    for name in ("gateway-timeline.png", "single-latency.png", "baseline-timeline.png",
-                 "comparison-throughput.png", "fanout-delay.png", "pending-memory.png"):
+    for name in (
+        "gateway-timeline.png",
+        "single-latency.png",
+        "baseline-timeline.png",
+        "comparison-throughput.png",
+        "fanout-delay.png",
+        "pending-memory.png",
+    ):
         assert (tmp_path / name).stat().st_size > 0
     assert (tmp_path / "gateway.log").stat().st_size > 0

@@ -56,8 +56,14 @@ def test_gateway_starts_answers_a_minted_token_and_stops_cleanly(tmp_path: Path)
 def test_baseline_starts_and_answers(tmp_path: Path) -> None:
     """The baseline server is found, answers a request, and stops on SIGTERM."""
     with start_baseline(tmp_path / "baseline.log") as baseline:
-        answer = roundtrip(baseline.port, {"command": "CreditInSync", "extID": "b",
-                                           "data": {"login": 5, "amount": 1.0, "comment": "x"}})
+        answer = roundtrip(
+            baseline.port,
+            {
+                "command": "CreditInSync",
+                "extID": "b",
+                "data": {"login": 5, "amount": 1.0, "comment": "x"},
+            },
+        )
         assert answer["status"] == 200 and answer["extID"] == "b"
     assert not baseline.is_running()
 

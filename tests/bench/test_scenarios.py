@@ -47,8 +47,9 @@ async def test_fanout_counts_every_event_once_per_listener(make_gateway: Gateway
 async def test_idle_holds_and_releases_every_connection(make_gateway: GatewayFactory) -> None:
     """200 sessions are opened, authenticated, held, and all closed again afterwards."""
     gw = await make_gateway()
-    result = await run_idle("127.0.0.1", gw.port, gw.token(), IdleSpec(connections=200,
-                                                                       parallel=50), own_rss)
+    result = await run_idle(
+        "127.0.0.1", gw.port, gw.token(), IdleSpec(connections=200, parallel=50), own_rss
+    )
     assert result["connected"] == result["authenticated"] == result["held_open"] == 200
     assert result["request_outcomes"] == {"200": 200}
     assert result["health_check"] == result["health_check_after_close"] == "200"
@@ -64,12 +65,19 @@ async def test_pending_sync_answers_every_request_504_and_leaks_no_waiter(
     """Behind a plug stalled on a held ledger lock every Sync request gets exactly one 504; after
     the release only the plug and the sentinel are recorded, and the gateway holds no waiter."""
     metrics_port = free_port()
-    gw = await make_gateway(sync_timeout_ms=300, ledger_busy_timeout_ms=600_000,
-                            metrics_port=metrics_port)
-    spec = PendingSpec(requests=500, connections=5, max_per_connection=100,
-                       sync_timeout_ms=300, metrics_port=metrics_port)
-    result = await run_pending("127.0.0.1", gw.port, gw.token(), gw.data_dir / "ledger.db",
-                               spec, own_rss)
+    gw = await make_gateway(
+        sync_timeout_ms=300, ledger_busy_timeout_ms=600_000, metrics_port=metrics_port
+    )
+    spec = PendingSpec(
+        requests=500,
+        connections=5,
+        max_per_connection=100,
+        sync_timeout_ms=300,
+        metrics_port=metrics_port,
+    )
+    result = await run_pending(
+        "127.0.0.1", gw.port, gw.token(), gw.data_dir / "ledger.db", spec, own_rss
+    )
     assert result["sent"] == 500
     assert result["answers"] == {"504/SYNC_TIMEOUT": 500}
     assert result["timed_out_on_time"] + result["timed_out_late"] == 500
@@ -105,12 +113,17 @@ async def test_timeout_sweeps_in_the_gateway_log_are_matched_in_send_order(
         return orjson.dumps({"expired": expired, "event": "sync_timeouts", "timestamp": stamp})
 
     log = tmp_path / "gateway.log"
-    log.write_bytes(b"\n".join([
-        line(5, 1_699_999_000.0),  # an earlier process's sweep
-        line(2, 1_700_000_101.05),  # requests 0 and 2: 1.05 s and 0.95 s after their sends
-        b'{"event": "batch_committed"}', b"manager-gateway listening on 127.0.0.1:1",
-        line(1, 1_700_000_101.5),  # request 1: 1.3 s after its send, late
-    ]))
+    log.write_bytes(
+        b"\n".join(
+            [
+                line(5, 1_699_999_000.0),  # an earlier process's sweep
+                line(2, 1_700_000_101.05),  # requests 0 and 2: 1.05 s and 0.95 s after their sends
+                b'{"event": "batch_committed"}',
+                b"manager-gateway listening on 127.0.0.1:1",
+                line(1, 1_700_000_101.5),  # request 1: 1.3 s after its send, late
+            ]
+        )
+    )
     found = timeouts_in_log(log, run)
     assert found is not None
     assert (found["sweeps"], found["expired"], found["timed_out_late_by_gateway"]) == (2, 3, 1)
@@ -129,10 +142,18 @@ async def test_the_plugs_timeout_is_not_matched_to_a_request(tmp_path: Path) -> 
         run.received_at[seq] = sent + 1.05
     run.sent = 2
     log = tmp_path / "gateway.log"
-    log.write_bytes(b"\n".join(orjson.dumps({
-        "expired": expired, "event": "sync_timeouts",
-        "timestamp": datetime.fromtimestamp(at, UTC).isoformat(),
-    }) for expired, at in ((2, 1_700_000_100.95), (1, 1_700_000_101.5))))
+    log.write_bytes(
+        b"\n".join(
+            orjson.dumps(
+                {
+                    "expired": expired,
+                    "event": "sync_timeouts",
+                    "timestamp": datetime.fromtimestamp(at, UTC).isoformat(),
+                }
+            )
+            for expired, at in ((2, 1_700_000_100.95), (1, 1_700_000_101.5))
+        )
+    )
     found = timeouts_in_log(log, run)
     assert found is not None
     assert (found["expired"], found["expired_requests"]) == (3, 2)

@@ -20,8 +20,18 @@ from ..fakes import FakeClock
 
 FINANCE = {"BalanceIn": 6, "CreditIn": 7, "BalanceOut": 8, "CreditOut": 9}
 RECORD_KEYS = {
-    "order", "login", "cmd", "state", "symbol", "volume", "profit", "comment",
-    "open_time", "close_time", "update_time", "reason",
+    "order",
+    "login",
+    "cmd",
+    "state",
+    "symbol",
+    "volume",
+    "profit",
+    "comment",
+    "open_time",
+    "close_time",
+    "update_time",
+    "reason",
 }
 
 
@@ -32,16 +42,31 @@ async def h(make_gateway: GatewayFactory, frozen_clock: FakeClock) -> Harness:
 
 
 def record(
-    order: int, login: int, cmd: int, profit: float, comment: str, now: int, *,
-    state: int = 3, open_time: int | None = None, close_time: int | None = None,
+    order: int,
+    login: int,
+    cmd: int,
+    profit: float,
+    comment: str,
+    now: int,
+    *,
+    state: int = 3,
+    open_time: int | None = None,
+    close_time: int | None = None,
 ) -> dict[str, Any]:
     """The wire form of a finance record (section 5)."""
     return {
-        "order": order, "login": login, "cmd": cmd, "state": state, "symbol": "", "volume": 0,
-        "profit": profit, "comment": comment,
+        "order": order,
+        "login": login,
+        "cmd": cmd,
+        "state": state,
+        "symbol": "",
+        "volume": 0,
+        "profit": profit,
+        "comment": comment,
         "open_time": now if open_time is None else open_time,
         "close_time": now if close_time is None else close_time,
-        "update_time": now, "reason": 7,
+        "update_time": now,
+        "reason": 7,
     }
 
 
@@ -93,8 +118,12 @@ async def test_async_finance_acks_new_record(
     amount = signed(command, 125.5)
     ack = await client.ok(command, finance_data(command, 1001, amount))
     assert ack == {
-        "accepted": True, "order": ack["order"], "state": 10, "login": 1001,
-        "cmd": FINANCE[command], "amount": amount,
+        "accepted": True,
+        "order": ack["order"],
+        "state": 10,
+        "login": 1001,
+        "cmd": FINANCE[command],
+        "amount": amount,
     }
     comment = "Credit op" if command.startswith("Credit") else "Finance"
     stored = await client.ok("GetTradeByOrder", {"order": ack["order"]})
@@ -120,8 +149,14 @@ async def test_sync_finance_answers_full_record(
     answer = await client.ok(command + "Sync", data)
     assert set(answer) == RECORD_KEYS
     assert answer == record(
-        answer["order"], 1001, FINANCE[command], amount, "Desk note", now,
-        open_time=1000, close_time=2000,
+        answer["order"],
+        1001,
+        FINANCE[command],
+        amount,
+        "Desk note",
+        now,
+        open_time=1000,
+        close_time=2000,
     )
     event = await client.next_event()
     assert event == {"event": "trade:event", "type": 0, "data": answer}
@@ -173,7 +208,11 @@ async def test_async_update_acks_state_11(h: Harness, frozen_clock: FakeClock) -
         "BalanceIn", {"login": 1001, "amount": 40, "comment": "second", "order": first["order"]}
     )
     assert ack == {
-        "accepted": True, "order": first["order"], "state": 11, "login": 1001, "cmd": 6,
+        "accepted": True,
+        "order": first["order"],
+        "state": 11,
+        "login": 1001,
+        "cmd": 6,
         "amount": 40.0,
     }
     stored = await client.ok("GetTradeByOrder", {"order": first["order"]})
@@ -203,7 +242,9 @@ async def test_sync_update_answers_update_event_and_takes_the_commands_cmd(
         "CreditOutSync", {"login": 1001, "amount": -20, "comment": "c2", "order": credit["order"]}
     )
     assert (recredited["order"], recredited["cmd"], recredited["profit"]) == (
-        credit["order"], 9, -20.0
+        credit["order"],
+        9,
+        -20.0,
     )
     assert await balances(client, 1001) == {"login": 1001, "balance": 470.0, "credit": 80.0}
     assert h.gateway.waiters.pending_count() == 0
@@ -255,8 +296,10 @@ async def test_update_of_foreign_other_kind_or_deleted_order_is_invalid(
 @pytest.mark.parametrize(
     ("command", "code"),
     [
-        ("BalanceOut", "NOT_ENOUGH_MONEY"), ("BalanceOutSync", "NOT_ENOUGH_MONEY"),
-        ("CreditOut", "NOT_ENOUGH_CREDIT"), ("CreditOutSync", "NOT_ENOUGH_CREDIT"),
+        ("BalanceOut", "NOT_ENOUGH_MONEY"),
+        ("BalanceOutSync", "NOT_ENOUGH_MONEY"),
+        ("CreditOut", "NOT_ENOUGH_CREDIT"),
+        ("CreditOutSync", "NOT_ENOUGH_CREDIT"),
     ],
 )
 async def test_withdrawal_below_zero_is_refused_and_changes_nothing(
@@ -309,10 +352,19 @@ async def test_amount_bounds_and_types(h: Harness) -> None:
     assert (await client.ok("BalanceIn", {"login": 1001, "amount": 1_000_000_000}))["amount"] == 1e9
     assert (await client.ok("BalanceOut", {"login": 1001, "amount": -1e9}))["amount"] == -1e9
     for command, amount in (
-        ("BalanceIn", 1_000_000_000.01), ("BalanceOut", -1_000_000_000.01),
-        ("BalanceIn", 1e300), ("BalanceIn", 0), ("BalanceOut", 0), ("BalanceIn", -5),
-        ("BalanceOut", 5), ("CreditIn", -5), ("CreditOut", 5), ("BalanceIn", "10"),
-        ("BalanceIn", True), ("BalanceIn", None), ("BalanceIn", [10]),
+        ("BalanceIn", 1_000_000_000.01),
+        ("BalanceOut", -1_000_000_000.01),
+        ("BalanceIn", 1e300),
+        ("BalanceIn", 0),
+        ("BalanceOut", 0),
+        ("BalanceIn", -5),
+        ("BalanceOut", 5),
+        ("CreditIn", -5),
+        ("CreditOut", 5),
+        ("BalanceIn", "10"),
+        ("BalanceIn", True),
+        ("BalanceIn", None),
+        ("BalanceIn", [10]),
     ):
         data = finance_data(command, 1001, amount)  # type: ignore[arg-type]
         message = await error(client, command, data, 400, "INVALID_DATA")
@@ -330,7 +382,9 @@ async def test_open_and_close_time_are_recorded(h: Harness, frozen_clock: FakeCl
     )
     stored = await client.ok("GetTradeByOrder", {"order": ack["order"]})
     assert (stored["open_time"], stored["close_time"], stored["update_time"]) == (
-        1_600_000_000, 17, int(frozen_clock.wall())
+        1_600_000_000,
+        17,
+        int(frozen_clock.wall()),
     )
     await error(
         client, "BalanceIn", {"login": 1001, "amount": 1, "open_time": -1}, 400, "INVALID_DATA"
@@ -350,7 +404,11 @@ async def test_async_delete_acks_state_12(
     made = await client.ok(f"{kind}In", finance_data(f"{kind}In", 1001, 25, comment="to delete"))
     ack = await client.ok(f"Delete{kind}", {"order": made["order"]})
     assert ack == {
-        "accepted": True, "order": made["order"], "state": 12, "login": 1001, "cmd": cmd,
+        "accepted": True,
+        "order": made["order"],
+        "state": 12,
+        "login": 1001,
+        "cmd": cmd,
         "amount": 25.0,
     }
     stored = await client.ok("GetTradeByOrder", {"order": made["order"]})
@@ -442,9 +500,18 @@ async def test_add_user_refusals(h: Harness) -> None:
     await error(client, "AddUser", {**DEMO_USER, "login": 1001}, 409, "USER_EXISTS")
     await error(client, "AddUser", {**DEMO_USER, "group": "nope"}, 404, "GROUP_NOT_FOUND")
     for field, value in (
-        ("password", "12345"), ("password", "p" * 65), ("leverage", 0), ("leverage", 10_001),
-        ("leverage", "100"), ("enable", 2), ("enable", -1), ("email", None), ("group", None),
-        ("name", None), ("login", "77"), ("login", 0),
+        ("password", "12345"),
+        ("password", "p" * 65),
+        ("leverage", 0),
+        ("leverage", 10_001),
+        ("leverage", "100"),
+        ("enable", 2),
+        ("enable", -1),
+        ("email", None),
+        ("group", None),
+        ("name", None),
+        ("login", "77"),
+        ("login", 0),
     ):
         data = {**DEMO_USER, field: value}
         if value is None:
@@ -473,7 +540,10 @@ async def test_get_account_by_login(h: Harness) -> None:
     client = await funded(h, balance=150.5, credit=20)
     account = await client.ok("GetAccountByLogin", {"login": 1001})
     assert {key: account[key] for key in ("group", "name", "email", "leverage", "enable")} == {
-        "group": "demo", "name": "Test User", "email": "user@example.com", "leverage": 100,
+        "group": "demo",
+        "name": "Test User",
+        "email": "user@example.com",
+        "leverage": 100,
         "enable": 1,
     }
     assert {key: account[key] for key in money(1001, 0, 0)} == money(1001, 150.5, 20.0)
@@ -490,7 +560,8 @@ async def test_get_user_balance_list_leaves_unknown_logins_out(h: Harness) -> No
     await h.add_user(client, 1002)
     answer = await client.ok("GetUserBalanceList", {"logins": [4242, 1002, 1001, 9999]})
     assert sorted(answer["rows"], key=lambda row: row["login"]) == [
-        money(1001, 10.0, 5.0), money(1002, 0.0, 0.0)
+        money(1001, 10.0, 5.0),
+        money(1002, 0.0, 0.0),
     ]
     assert set(answer) == {"rows"}
     assert await client.ok("GetUserBalanceList", {"logins": [4242]}) == {"rows": []}
@@ -505,7 +576,9 @@ async def test_get_groups(h: Harness) -> None:
     assert answer["count"] == 1 and len(answer["rows"]) == 1
     row = answer["rows"][0]
     assert {key: row[key] for key in ("group", "currency", "digits")} == {
-        "group": "demo", "currency": "USD", "digits": 2,
+        "group": "demo",
+        "currency": "USD",
+        "digits": 2,
     }
 
 
@@ -530,8 +603,10 @@ async def test_trades_by_filter(h: Harness) -> None:
     b = await client.ok("CreditIn", {"login": 1001, "amount": 20, "comment": "c", "open_time": 200})
     d = await client.ok("BalanceIn", {"login": 1002, "amount": 40, "open_time": 250})
     c = await client.ok("BalanceIn", {"login": 1001, "amount": 30, "open_time": 300})
-    full = {ack["order"]: await client.ok("GetTradeByOrder", {"order": ack["order"]})
-            for ack in (a, b, c, d)}
+    full = {
+        ack["order"]: await client.ok("GetTradeByOrder", {"order": ack["order"]})
+        for ack in (a, b, c, d)
+    }
 
     async def orders(data: dict[str, Any]) -> tuple[list[int], int]:
         answer = await client.ok("MngGetTradesByFilter", data)
@@ -564,10 +639,17 @@ async def test_trades_by_filter_default_limit_is_1000(h: Harness) -> None:
     for index in range(1001):
         ext_id = f"bulk-{index}"
         futures.append(client.expect(ext_id))
-        frames.append(orjson.dumps({
-            "command": "BalanceIn", "extID": ext_id, "__token": client.token,
-            "data": {"login": 1001, "amount": 1},
-        }) + b"\r\n")
+        frames.append(
+            orjson.dumps(
+                {
+                    "command": "BalanceIn",
+                    "extID": ext_id,
+                    "__token": client.token,
+                    "data": {"login": 1001, "amount": 1},
+                }
+            )
+            + b"\r\n"
+        )
     client.send_raw(b"".join(frames))
     acks = await asyncio.wait_for(asyncio.gather(*futures), 30)
     assert all(ack["status"] == 200 for ack in acks)
@@ -705,8 +787,10 @@ async def test_unknown_command_is_404(gw: Harness) -> None:
 async def test_data_absent_or_null_means_empty(gw: Harness) -> None:
     """`data` missing or null is taken as {}."""
     client = await gw.client()
-    for envelope in ({"command": "GetGroups", "extID": "n1"},
-                     {"command": "GetGroups", "extID": "n2", "data": None}):
+    for envelope in (
+        {"command": "GetGroups", "extID": "n1"},
+        {"command": "GetGroups", "extID": "n2", "data": None},
+    ):
         future = client.expect(envelope["extID"])
         client.send_raw(orjson.dumps({**envelope, "__token": client.token}) + b"\r\n")
         answer = await asyncio.wait_for(future, 5)
@@ -721,12 +805,16 @@ async def test_ext_id_alias_and_framing_on_the_raw_stream(gw: Harness) -> None:
         token = gw.token()
         writer.write(
             b"\r\n\n\r\n"
-            + orjson.dumps({"command": "HealthCheck", "extId": "alias-1"}) + b"\n"
+            + orjson.dumps({"command": "HealthCheck", "extId": "alias-1"})
+            + b"\n"
             + b"\n\r\n"
-            + orjson.dumps({"command": "GetGroups", "extID": "lf-2", "__token": token}) + b"\n"
-            + orjson.dumps({"command": "GetGroups", "extId": "crlf-3"}) + b"\r\n"
+            + orjson.dumps({"command": "GetGroups", "extID": "lf-2", "__token": token})
+            + b"\n"
+            + orjson.dumps({"command": "GetGroups", "extId": "crlf-3"})
+            + b"\r\n"
             + b"{broken\n"
-            + orjson.dumps({"command": "HealthCheck", "extID": "last-4"}) + b"\r\n"
+            + orjson.dumps({"command": "HealthCheck", "extID": "last-4"})
+            + b"\r\n"
         )
         lines = [await asyncio.wait_for(reader.readline(), 5) for _ in range(5)]
         for line in lines:
@@ -748,18 +836,29 @@ async def test_connection_survives_a_run_of_bad_requests(gw: Harness) -> None:
     client = await gw.client()
     await gw.add_user(client, 1001)
     bad = [
-        b"{oops", b"[]", b'{"command":"HealthCheck"}', b'{"extID":"b1"}',
-        b'{"extID":"b2","command":"GetGroups","data":7}', b'{"extID":"b3","command":"Nope"}',
+        b"{oops",
+        b"[]",
+        b'{"command":"HealthCheck"}',
+        b'{"extID":"b1"}',
+        b'{"extID":"b2","command":"GetGroups","data":7}',
+        b'{"extID":"b3","command":"Nope"}',
         b'{"extID":"b4","command":"BalanceIn","data":{"login":1001,"amount":"x"}}',
     ]
     client.send_raw(b"\r\n".join(bad) + b"\r\n")
     record_ = await client.ok("BalanceInSync", {"login": 1001, "amount": 1})
     assert record_["profit"] == 1.0
     codes = sorted(answer["error"] for answer in client.orphans)
-    assert codes == sorted([
-        "INVALID_JSON", "INVALID_JSON", "INVALID_REQUEST", "INVALID_REQUEST", "INVALID_REQUEST",
-        "UNKNOWN_COMMAND", "INVALID_DATA",
-    ])
+    assert codes == sorted(
+        [
+            "INVALID_JSON",
+            "INVALID_JSON",
+            "INVALID_REQUEST",
+            "INVALID_REQUEST",
+            "INVALID_REQUEST",
+            "UNKNOWN_COMMAND",
+            "INVALID_DATA",
+        ]
+    )
     assert gw.gateway.waiters.pending_count() == 0
 
 

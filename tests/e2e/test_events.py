@@ -18,7 +18,10 @@ from ..conftest import Client, GatewayFactory, Harness, money
 from ..fakes import FakeClock
 
 USER, MANAGER, DEALER, ADMIN = (
-    SessionType.USER, SessionType.MANAGER, SessionType.DEALER, SessionType.ADMIN
+    SessionType.USER,
+    SessionType.MANAGER,
+    SessionType.DEALER,
+    SessionType.ADMIN,
 )
 EVENT_CHANNELS = ["trade:event", "balance:event"]
 TWO_GROUPS = [
@@ -26,15 +29,18 @@ TWO_GROUPS = [
     {"name": "vip-eur", "currency": "EUR", "digits": 2},
 ]
 
+
 @pytest.fixture
 async def h(make_gateway: GatewayFactory, frozen_clock: FakeClock) -> Harness:
     """Groups demo and vip-eur, accounts 1001 and 1002 (demo) and 2001 (vip-eur)."""
     harness = await make_gateway(clock=frozen_clock, groups=TWO_GROUPS)
     admin = await bound_client(harness, role=ADMIN, login="setup")
-    await asyncio.gather(*(
-        harness.add_user(admin, login, group=group)
-        for login, group in ((1001, "demo"), (1002, "demo"), (2001, "vip-eur"))
-    ))
+    await asyncio.gather(
+        *(
+            harness.add_user(admin, login, group=group)
+            for login, group in ((1001, "demo"), (1002, "demo"), (2001, "vip-eur"))
+        )
+    )
     await admin.close()
     harness.clients.remove(admin)
     return harness

@@ -21,10 +21,13 @@ async def test_no_operation_or_waiter_outlives_its_answer(gw: Harness) -> None:
     alive: the main loop does not hold its last batch while it waits for the next."""
     client = await gw.client()
     await gw.add_user(client, 1001)
-    sync = [client.send("CreditInSync", {"login": 1001, "amount": 1.0, "comment": "s"})
-            for _ in range(40)]
-    plain = [client.send("CreditIn", {"login": 1001, "amount": 1.0, "comment": "a"})
-             for _ in range(40)]
+    sync = [
+        client.send("CreditInSync", {"login": 1001, "amount": 1.0, "comment": "s"})
+        for _ in range(40)
+    ]
+    plain = [
+        client.send("CreditIn", {"login": 1001, "amount": 1.0, "comment": "a"}) for _ in range(40)
+    ]
     answers = await asyncio.gather(*sync, *plain)
     assert {answer["status"] for answer in answers} == {200}
     await client.ok("HealthCheck")

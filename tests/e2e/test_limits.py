@@ -60,9 +60,12 @@ async def test_frames_before_an_oversized_one_are_answered(make_gateway: Gateway
     client.send_raw(
         orjson.dumps({"command": "GetAccountByLogin", "extID": "read-1", "data": {"login": 1001}})
         + b"\r\n"
-        + orjson.dumps({"command": "BalanceIn", "extID": "dep-1",
-                        "data": {"login": 1001, "amount": 5}})
-        + b"\r\n" + health_frame("big", 5000) + b"\r\n"
+        + orjson.dumps(
+            {"command": "BalanceIn", "extID": "dep-1", "data": {"login": 1001, "amount": 5}}
+        )
+        + b"\r\n"
+        + health_frame("big", 5000)
+        + b"\r\n"
     )
     assert (await asyncio.wait_for(read, 5))["status"] == 200
     await asyncio.wait_for(client.closed.wait(), 5)
@@ -97,7 +100,7 @@ async def test_frame_split_into_pieces_is_reassembled(make_gateway: GatewayFacto
     frame = health_frame("pieces", 4000) + b"\r\n"
     future = client.expect("pieces")
     for start in range(0, len(frame), 97):
-        client.send_raw(frame[start:start + 97])
+        client.send_raw(frame[start : start + 97])
         await client.writer.drain()
     assert (await asyncio.wait_for(future, 5))["status"] == 200
     assert client.orphans == []
@@ -158,11 +161,15 @@ async def test_pipelined_writes_beyond_the_inflight_limit(make_gateway: GatewayF
     await h.add_user(client, 1001)
     ext_ids = [f"dep-{index}" for index in range(2_000)]
     futures = [client.expect(ext_id) for ext_id in ext_ids]
-    client.send_raw(b"".join(
-        orjson.dumps({"command": "BalanceIn", "extID": ext_id,
-                      "data": {"login": 1001, "amount": 1}}) + b"\r\n"
-        for ext_id in ext_ids
-    ))
+    client.send_raw(
+        b"".join(
+            orjson.dumps(
+                {"command": "BalanceIn", "extID": ext_id, "data": {"login": 1001, "amount": 1}}
+            )
+            + b"\r\n"
+            for ext_id in ext_ids
+        )
+    )
     answers = await asyncio.wait_for(asyncio.gather(*futures), 30)
     assert client.orphans == []
     accepted = [answer for answer in answers if answer["status"] == 200]

@@ -173,8 +173,13 @@ async def test_traffic_moves_the_counts_exactly(
         ("CreditInSync", "504"): 1,
         ("BalanceIn", "200"): 1,
     }
-    for command, answers in [("CreditInSync", 2), ("CreditIn", 1), ("unknown", 2),
-                             ("invalid", 1), ("BalanceIn", 1)]:
+    for command, answers in [
+        ("CreditInSync", 2),
+        ("CreditIn", 1),
+        ("unknown", 2),
+        ("invalid", 1),
+        ("BalanceIn", 1),
+    ]:
         assert delta(before, after, f"{LATENCY}_count", LATENCY, command=command) == answers
     assert delta(before, after, *counter("gateway_sync_timeouts")) == 1
     assert sample(after, "gateway_sync_waiters") == 0
@@ -241,8 +246,10 @@ async def test_connections_and_sessions(make_gateway: GatewayFactory) -> None:
     assert sample(families, *counter("gateway_connections_accepted")) == 5
     assert sample(families, *counter("gateway_connections_refused")) == 1
     assert sample(families, "gateway_connections_open") == 5
-    sessions = {t: sample(families, "gateway_sessions", type=t)
-                for t in ("user", "manager", "dealer", "admin", "system", "fix")}
+    sessions = {
+        t: sample(families, "gateway_sessions", type=t)
+        for t in ("user", "manager", "dealer", "admin", "system", "fix")
+    }
     assert sessions == {"user": 1, "manager": 1, "dealer": 1, "admin": 1, "system": 0, "fix": 0}
 
     await clients[SessionType.DEALER].close()
@@ -317,8 +324,7 @@ async def test_scrapes_during_traffic_are_whole_and_only_grow(make_gateway: Gate
             future
             for c, client in enumerate(clients)
             for future in (
-                client.send("CreditInSync", {**CREDIT, "amount": 1.0},
-                            ext_id=f"load-{round_}-{c}"),
+                client.send("CreditInSync", {**CREDIT, "amount": 1.0}, ext_id=f"load-{round_}-{c}"),
                 client.send("GetAccountByLogin", {"login": LOGIN}),
                 client.send("NoSuchCommand"),
             )

@@ -17,7 +17,10 @@ from ..fakes import FakeClock
 from ..protocol_tables import PROTOCOL_ROLES
 
 USER, MANAGER, DEALER, ADMIN = (
-    SessionType.USER, SessionType.MANAGER, SessionType.DEALER, SessionType.ADMIN
+    SessionType.USER,
+    SessionType.MANAGER,
+    SessionType.DEALER,
+    SessionType.ADMIN,
 )
 SECRET = "test-secret-" + "x" * 40
 TWO_GROUPS = [
@@ -74,18 +77,24 @@ async def test_invalid_presented_token_is_401_on_a_bound_connection(
     await client.ok("GetGroups", {}, token=h.token())
     exp = int(time.time()) + 3600
     bad_tokens: list[object] = [
-        "", "garbage", 123, ["x"], {"a": 1}, True,
-        jwt.encode({"sub": "1", "type": 1, "exp": exp}, "another-secret-" + "y" * 40,
-                   algorithm="HS256"),
-        claims_token(type=1, exp=exp),                       # no sub
-        claims_token(sub="1", exp=exp),                      # no type
-        claims_token(sub="1", type=9, exp=exp),              # unknown type
+        "",
+        "garbage",
+        123,
+        ["x"],
+        {"a": 1},
+        True,
+        jwt.encode(
+            {"sub": "1", "type": 1, "exp": exp}, "another-secret-" + "y" * 40, algorithm="HS256"
+        ),
+        claims_token(type=1, exp=exp),  # no sub
+        claims_token(sub="1", exp=exp),  # no type
+        claims_token(sub="1", type=9, exp=exp),  # unknown type
         claims_token(sub="1", type=-1, exp=exp),
         claims_token(sub="1", type="1", exp=exp),
-        claims_token(sub="1", type=1),                       # no exp
+        claims_token(sub="1", type=1),  # no exp
         claims_token(sub="1", type=1, exp=int(time.time()) - 5),
         claims_token(sub="1", type=1, exp=exp, groups="*"),  # groups not a list
-        h.token()[:-3] + "abc",                              # bad signature
+        h.token()[:-3] + "abc",  # bad signature
     ]
     for bad in bad_tokens:
         assert await status(client, "GetGroups", {}, token=bad) == (401, "INVALID_TOKEN"), bad
@@ -169,17 +178,21 @@ async def test_client_supplied_access_is_ignored(make_gateway: GatewayFactory) -
     forged = {"__access": {"login": "root", "type": 3, "groups": ["*"]}}
     user = await h.client(role=USER, login=1001)
     assert await status(user, "BalanceIn", {"login": 1001, "amount": 5, **forged}) == (
-        403, "PERMISSION_DENIED"
+        403,
+        "PERMISSION_DENIED",
     )
     assert await status(user, "GetAccountByLogin", {"login": 1001, **forged}) == (
-        403, "PERMISSION_DENIED"
+        403,
+        "PERMISSION_DENIED",
     )
     masked = await h.client(role=MANAGER, groups=["vip*"])
     assert await status(masked, "GetAccountByLogin", {"login": 1001, **forged}) == (
-        403, "PERMISSION_DENIED"
+        403,
+        "PERMISSION_DENIED",
     )
     assert await status(masked, "BalanceInSync", {"login": 1001, "amount": 5, **forged}) == (
-        403, "PERMISSION_DENIED"
+        403,
+        "PERMISSION_DENIED",
     )
     groups = await masked.ok("GetGroups", forged)
     assert [row["group"] for row in groups["rows"]] == ["vip-eur"]
@@ -265,16 +278,19 @@ async def test_user_reads_only_its_own_trades(gw: Harness) -> None:
     user = await gw.client(role=USER, login=1001)
     assert (await user.ok("GetTradeByOrder", {"order": own["order"]}))["login"] == 1001
     assert await status(user, "GetTradeByOrder", {"order": foreign["order"]}) == (
-        403, "PERMISSION_DENIED"
+        403,
+        "PERMISSION_DENIED",
     )
     assert await status(user, "GetAccountByLogin", {"login": 1001}) == (403, "PERMISSION_DENIED")
     other = await gw.client(role=USER, login=1002)
     assert await status(other, "GetTradeByOrder", {"order": own["order"]}) == (
-        403, "PERMISSION_DENIED"
+        403,
+        "PERMISSION_DENIED",
     )
     named = await gw.client(role=USER, login="alice")
     assert await status(named, "GetTradeByOrder", {"order": own["order"]}) == (
-        403, "PERMISSION_DENIED"
+        403,
+        "PERMISSION_DENIED",
     )
 
 
@@ -311,13 +327,17 @@ async def test_group_masks_limit_manager_and_dealer(
             for login, expected in ((1001, 403), (2001, 200)):
                 data = {"login": login, "amount": amount, "comment": "c"}
                 assert (await status(masked, command + suffix, data))[0] == expected, (
-                    command + suffix, login
+                    command + suffix,
+                    login,
                 )
     for command, order in (
-        ("DeleteBalance", "b1001"), ("DeleteCreditSync", "c1001"), ("GetTradeByOrder", "b1001"),
+        ("DeleteBalance", "b1001"),
+        ("DeleteCreditSync", "c1001"),
+        ("GetTradeByOrder", "b1001"),
     ):
         assert await status(masked, command, {"order": orders[order]}) == (
-            403, "PERMISSION_DENIED"
+            403,
+            "PERMISSION_DENIED",
         ), command
     assert await status(masked, "GetAccountByLogin", {"login": 1001}) == (403, "PERMISSION_DENIED")
     vip = await masked.ok("GetAccountByLogin", {"login": 2001})
@@ -328,19 +348,24 @@ async def test_group_masks_limit_manager_and_dealer(
     assert groups["count"] == 1 and len(groups["rows"]) == 1
     row = groups["rows"][0]
     assert {key: row[key] for key in ("group", "currency", "digits")} == {
-        "group": "vip-eur", "currency": "EUR", "digits": 2,
+        "group": "vip-eur",
+        "currency": "EUR",
+        "digits": 2,
     }
     rows = (await masked.ok("GetUserBalanceList", {"logins": [1001, 2001]}))["rows"]
     assert [row["login"] for row in rows] == [2001]
     trades = await masked.ok("MngGetTradesByFilter", {})
     assert {row["login"] for row in trades["rows"]} == {2001}
-    assert trades["count"] == len(trades["rows"]) == len(
-        (await admin.ok("MngGetTradesByFilter", {"login": 2001}))["rows"]
+    assert (
+        trades["count"]
+        == len(trades["rows"])
+        == len((await admin.ok("MngGetTradesByFilter", {"login": 2001}))["rows"])
     )
     assert await masked.ok("MngGetTradesByFilter", {"login": 1001}) == {"rows": [], "count": 0}
     if role is MANAGER:
         assert await status(masked, "AddUser", {**DEMO_USER, "group": "demo"}) == (
-            403, "PERMISSION_DENIED"
+            403,
+            "PERMISSION_DENIED",
         )
         created = await masked.ok("AddUser", {**DEMO_USER, "group": "vip-eur"})
         assert created["currency"] == "EUR"
@@ -373,8 +398,12 @@ async def test_exact_mask_and_star_masks(make_gateway: GatewayFactory) -> None:
     h = await make_gateway(groups=TWO_GROUPS)
     await two_group_world(h)
     for masks, visible in (
-        (["demo"], ["demo"]), (["vip"], []), (["*eur"], ["vip-eur"]), (["*"], ["demo", "vip-eur"]),
-        (["de*", "vip-eur"], ["demo", "vip-eur"]), (["v*p*"], ["vip-eur"]),
+        (["demo"], ["demo"]),
+        (["vip"], []),
+        (["*eur"], ["vip-eur"]),
+        (["*"], ["demo", "vip-eur"]),
+        (["de*", "vip-eur"], ["demo", "vip-eur"]),
+        (["v*p*"], ["vip-eur"]),
     ):
         client = await h.client(role=DEALER, groups=masks)
         groups = await client.ok("GetGroups")

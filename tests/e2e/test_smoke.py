@@ -33,12 +33,22 @@ async def test_state_changes_pipelined_on_one_connection_apply_in_arrival_order(
     credit's money."""
     client = await gw.client()
     frames = [
-        {"command": "AddUser", "extID": "p-user", "__token": client.token,
-         "data": {**DEMO_USER, "login": 2001}},
-        {"command": "BalanceInSync", "extID": "p-in",
-         "data": {"login": 2001, "amount": 50, "comment": "deposit"}},
-        {"command": "BalanceOutSync", "extID": "p-out",
-         "data": {"login": 2001, "amount": -20, "comment": "withdrawal"}},
+        {
+            "command": "AddUser",
+            "extID": "p-user",
+            "__token": client.token,
+            "data": {**DEMO_USER, "login": 2001},
+        },
+        {
+            "command": "BalanceInSync",
+            "extID": "p-in",
+            "data": {"login": 2001, "amount": 50, "comment": "deposit"},
+        },
+        {
+            "command": "BalanceOutSync",
+            "extID": "p-out",
+            "data": {"login": 2001, "amount": -20, "comment": "withdrawal"},
+        },
     ]
     futures = [client.expect(frame["extID"]) for frame in frames]
     client.send_raw(b"".join(orjson.dumps(frame) + b"\r\n" for frame in frames))

@@ -89,9 +89,24 @@ async def test_tls_when_a_certificate_is_configured(
     """With tls_cert_file and tls_key_file set, the gateway speaks the same protocol over TLS."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     h = await make_gateway(tls_cert_file=cert, tls_key_file=key)
     context = ssl.create_default_context(cafile=str(cert))

@@ -129,8 +129,15 @@ def check_error(answer: dict[str, Any], status: int, error: str, ext_id: str | N
 def deposit(amount: bytes = b"5", comment: bytes = b'"c"', ext_id: bytes = b'"dep"') -> bytes:
     """A BalanceIn frame for the account, written by hand so any literal can go in it."""
     return (
-        b'{"command":"BalanceIn","extID":' + ext_id + b',"__token":"' + TOKEN
-        + b'","data":{"login":1001,"amount":' + amount + b',"comment":' + comment + b"}}"
+        b'{"command":"BalanceIn","extID":'
+        + ext_id
+        + b',"__token":"'
+        + TOKEN
+        + b'","data":{"login":1001,"amount":'
+        + amount
+        + b',"comment":'
+        + comment
+        + b"}}"
     )
 
 
@@ -179,9 +186,7 @@ ENVELOPE_CASES = [
     invalid_request(request("BalanceIn", {}, ""), None, "extID-empty"),
     invalid_request(request("BalanceIn", {}, "e" * 129), None, "extID-129-chars"),
     invalid_request(request("BalanceIn", {}, "e" * 100_000), None, "extID-100000-chars"),
-    invalid_request(
-        dumps({"command": "BalanceIn", "extID": 17, "data": {}}), None, "extID-number"
-    ),
+    invalid_request(dumps({"command": "BalanceIn", "extID": 17, "data": {}}), None, "extID-number"),
     invalid_request(
         dumps({"command": "BalanceIn", "extID": ["x"], "data": {}}), None, "extID-array"
     ),
@@ -193,28 +198,46 @@ ENVELOPE_CASES = [
     ),
     pytest.param(request("Nope", {}, "u1"), 404, "UNKNOWN_COMMAND", "u1", id="unknown-command"),
     pytest.param(
-        request("balancein", {"login": LOGIN, "amount": 5}, "u2"), 404, "UNKNOWN_COMMAND", "u2",
+        request("balancein", {"login": LOGIN, "amount": 5}, "u2"),
+        404,
+        "UNKNOWN_COMMAND",
+        "u2",
         id="unknown-command-wrong-case",
     ),
     pytest.param(
-        request("B" * 10_000, {}, "u3"), 404, "UNKNOWN_COMMAND", "u3",
+        request("B" * 10_000, {}, "u3"),
+        404,
+        "UNKNOWN_COMMAND",
+        "u3",
         id="unknown-command-10000-chars",
     ),
     pytest.param(
-        request("Nope", {}, "u4", token=MISSING), 404, "UNKNOWN_COMMAND", "u4",
+        request("Nope", {}, "u4", token=MISSING),
+        404,
+        "UNKNOWN_COMMAND",
+        "u4",
         id="unknown-command-before-token",
     ),
     pytest.param(
         request("BalanceIn", {"login": LOGIN, "amount": 5}, "t2", token="x.y.z"),
-        401, "INVALID_TOKEN", "t2", id="token-garbage",
+        401,
+        "INVALID_TOKEN",
+        "t2",
+        id="token-garbage",
     ),
     pytest.param(
         request("BalanceIn", {"login": LOGIN, "amount": 5}, "t3", token=12345),
-        401, "INVALID_TOKEN", "t3", id="token-number",
+        401,
+        "INVALID_TOKEN",
+        "t3",
+        id="token-number",
     ),
     pytest.param(
         request("BalanceIn", {"login": LOGIN, "amount": 5}, "t4", token=USER_TOKEN),
-        403, "PERMISSION_DENIED", "t4", id="token-of-a-user-session",
+        403,
+        "PERMISSION_DENIED",
+        "t4",
+        id="token-of-a-user-session",
     ),
 ]
 
@@ -232,10 +255,16 @@ async def test_bad_frame(
 @pytest.mark.parametrize(
     ("command", "data", "status", "error"),
     [
-        pytest.param("BalanceIn", {"login": LOGIN, "amount": 5}, 401, "INVALID_TOKEN",
-                     id="token-missing"),
-        pytest.param("BalanceIn", {"login": LOGIN, "amount": 0}, 401, "INVALID_TOKEN",
-                     id="token-missing-is-checked-before-data"),
+        pytest.param(
+            "BalanceIn", {"login": LOGIN, "amount": 5}, 401, "INVALID_TOKEN", id="token-missing"
+        ),
+        pytest.param(
+            "BalanceIn",
+            {"login": LOGIN, "amount": 0},
+            401,
+            "INVALID_TOKEN",
+            id="token-missing-is-checked-before-data",
+        ),
         pytest.param("Nope", {}, 404, "UNKNOWN_COMMAND", id="unknown-command-before-token"),
     ],
 )
@@ -262,8 +291,14 @@ async def test_blank_lines_are_ignored(scene: Scene) -> None:
 # ---------------------------------------------------------------- finance data
 
 FINANCE = [
-    "BalanceIn", "BalanceOut", "CreditIn", "CreditOut",
-    "BalanceInSync", "BalanceOutSync", "CreditInSync", "CreditOutSync",
+    "BalanceIn",
+    "BalanceOut",
+    "CreditIn",
+    "CreditOut",
+    "BalanceInSync",
+    "BalanceOutSync",
+    "CreditInSync",
+    "CreditOutSync",
 ]
 
 
@@ -370,20 +405,32 @@ async def test_bad_finance_field(scene: Scene, bad: Field) -> None:
     [
         pytest.param(FINANCE, {"login": 999_999}, 404, "USER_NOT_FOUND", id="login-unknown"),
         pytest.param(
-            ["BalanceOut", "BalanceOutSync"], {}, 400, "NOT_ENOUGH_MONEY",
+            ["BalanceOut", "BalanceOutSync"],
+            {},
+            400,
+            "NOT_ENOUGH_MONEY",
             id="withdraw-more-than-balance",
         ),
         pytest.param(
-            ["CreditOut", "CreditOutSync"], {}, 400, "NOT_ENOUGH_CREDIT",
+            ["CreditOut", "CreditOutSync"],
+            {},
+            400,
+            "NOT_ENOUGH_CREDIT",
             id="withdraw-more-than-credit",
         ),
         pytest.param(
             ["DeleteBalance", "DeleteCredit", "DeleteBalanceSync", "DeleteCreditSync"],
-            {"order": 0}, 400, "INVALID_DATA", id="delete-order-zero",
+            {"order": 0},
+            400,
+            "INVALID_DATA",
+            id="delete-order-zero",
         ),
         pytest.param(
             ["DeleteBalance", "DeleteCredit", "DeleteBalanceSync", "DeleteCreditSync"],
-            {"order": 777}, 404, "TRADE_NOT_FOUND", id="delete-order-unknown",
+            {"order": 777},
+            404,
+            "TRADE_NOT_FOUND",
+            id="delete-order-unknown",
         ),
     ],
 )
@@ -405,12 +452,24 @@ async def test_refused_against_state(
 async def test_unknown_fields_are_ignored(scene: Scene) -> None:
     """Unknown keys in `data` and in the envelope are ignored: the deposit goes to its own
     account only, and a client-sent `__access` grants nothing."""
-    frame = dumps({
-        "command": "BalanceIn", "extID": "extra", "__token": scene.client.token,
-        "surprise": [1, {"x": None}], "extId": "ignored-alias",
-        "data": {"login": SPARE, "amount": 7, "__access": {"type": 3, "groups": ["*"]},
-                 "cmd": 9, "profit": -1e30, "balance": 10**30, "login2": LOGIN},
-    })
+    frame = dumps(
+        {
+            "command": "BalanceIn",
+            "extID": "extra",
+            "__token": scene.client.token,
+            "surprise": [1, {"x": None}],
+            "extId": "ignored-alias",
+            "data": {
+                "login": SPARE,
+                "amount": 7,
+                "__access": {"type": 3, "groups": ["*"]},
+                "cmd": 9,
+                "profit": -1e30,
+                "balance": 10**30,
+                "login2": LOGIN,
+            },
+        }
+    )
     answer = await answer_of(scene.client, frame, "extra")
     assert answer["status"] == 200, answer
     assert (answer["data"]["login"], answer["data"]["cmd"]) == (SPARE, 6)
@@ -423,7 +482,7 @@ async def test_request_written_one_byte_at_a_time(scene: Scene) -> None:
     frame = scene.fill(request("BalanceInSync", {"login": SPARE, "amount": 3}, "bytes")) + b"\r\n"
     future = scene.client.expect("bytes")
     for index in range(len(frame)):
-        scene.client.send_raw(frame[index:index + 1])
+        scene.client.send_raw(frame[index : index + 1])
         await scene.client.writer.drain()
     answer = await asyncio.wait_for(future, 5)
     assert (answer["status"], answer["data"]["profit"]) == (200, 3.0), answer
@@ -440,8 +499,7 @@ async def test_mixed_bad_frames_pipelined_in_one_write(scene: Scene) -> None:
         (b'{"command":"HealthCheck","extID":"h%d"}', "h%d", 200, None),
         (b'{"command":"Nope","extID":"u%d"}', "u%d", 404, "UNKNOWN_COMMAND"),
         (b'{"command":"BalanceIn","extID":"d%d","data":[1]}', "d%d", 400, "INVALID_REQUEST"),
-        (b'{"command":"BalanceIn","extID":"j%d","data":{"amount":NaN}}', None, 400,
-         "INVALID_JSON"),
+        (b'{"command":"BalanceIn","extID":"j%d","data":{"amount":NaN}}', None, 400, "INVALID_JSON"),
     ]
     count = 20_000
     frames = [kinds[index % 4][0] % index for index in range(count)]
@@ -453,7 +511,9 @@ async def test_mixed_bad_frames_pipelined_in_one_write(scene: Scene) -> None:
             answer = json.loads(await asyncio.wait_for(reader.readline(), 10))
             expected_id = None if ext_id is None else ext_id % index
             assert (answer["extID"], answer["status"], answer.get("error")) == (
-                expected_id, status, error,
+                expected_id,
+                status,
+                error,
             ), index
         writer.write(b'{"command":"HealthCheck","extID":"after"}\r\n')
         answer = json.loads(await asyncio.wait_for(reader.readline(), 5))

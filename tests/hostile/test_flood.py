@@ -41,8 +41,15 @@ async def test_flood_past_the_file_limit_keeps_the_listener_and_sessions(tmp_pat
     and after the flood closes new connections are served again."""
     log = (tmp_path / "server.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
-        *CLI, "serve", "--data-dir", str(tmp_path / "data"), "--port", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=log, preexec_fn=_limit_files,
+        *CLI,
+        "serve",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=log,
+        preexec_fn=_limit_files,
     )
     flood: list[asyncio.StreamWriter] = []
     try:

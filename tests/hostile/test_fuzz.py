@@ -47,10 +47,26 @@ _EXT_IDS = itertools.count(1)
 
 #: Raw JSON fragments that `json.dumps` cannot produce: spliced in where a value goes.
 RAW_FRAGMENTS = (
-    b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e400", b"-0", b"1E-400",
-    b"0.30000000000000004", b"300.005", b"1e308", b"9" * 400, b"-" + b"9" * 30,
-    b'"\\ud800"', b'"\\u0000"', b"tru", b"nul",
-    b"[" * 3000 + b"]" * 3000, b'{"a":' * 600 + b"1" + b"}" * 600, b"\xff\xfe", b'"\xed\xa0\x80"',
+    b"NaN",
+    b"Infinity",
+    b"-Infinity",
+    b"1e400",
+    b"-1e400",
+    b"-0",
+    b"1E-400",
+    b"0.30000000000000004",
+    b"300.005",
+    b"1e308",
+    b"9" * 400,
+    b"-" + b"9" * 30,
+    b'"\\ud800"',
+    b'"\\u0000"',
+    b"tru",
+    b"nul",
+    b"[" * 3000 + b"]" * 3000,
+    b'{"a":' * 600 + b"1" + b"}" * 600,
+    b"\xff\xfe",
+    b'"\xed\xa0\x80"',
 )
 
 
@@ -190,12 +206,20 @@ class Fuzzer:
         self.probe = probe
         self.token = gw.token(SessionType.ADMIN)
         self.tokens: list[object] = [
-            self.token, gw.token(SessionType.MANAGER),
+            self.token,
+            gw.token(SessionType.MANAGER),
             gw.token(SessionType.MANAGER, groups=["demo"]),
             gw.token(SessionType.DEALER, groups=["nomatch*"]),
-            gw.token(SessionType.USER, login=1001), gw.token(SessionType.ADMIN, ttl_s=-60),
-            gw.token(SessionType.SYSTEM), gw.token(SessionType.FIX), self.token[:-3] + "AAA",
-            "garbage", "", 7, None, [self.token],
+            gw.token(SessionType.USER, login=1001),
+            gw.token(SessionType.ADMIN, ttl_s=-60),
+            gw.token(SessionType.SYSTEM),
+            gw.token(SessionType.FIX),
+            self.token[:-3] + "AAA",
+            "garbage",
+            "",
+            7,
+            None,
+            [self.token],
         ]
         self.orders: set[int] = set()
         self.statuses: collections.Counter[str] = collections.Counter()
@@ -224,8 +248,12 @@ class Fuzzer:
         """Valid requests, against the accounts and orders that exist now."""
         login, order = LOGINS[0], min(self.orders, default=1)
         finance: list[tuple[str, dict[str, Any]]] = []
-        for name, amount in (("BalanceIn", 5.25), ("BalanceOut", -0.5), ("CreditIn", 3.0),
-                             ("CreditOut", -0.25)):
+        for name, amount in (
+            ("BalanceIn", 5.25),
+            ("BalanceOut", -0.5),
+            ("CreditIn", 3.0),
+            ("CreditOut", -0.25),
+        ):
             data = {"login": login, "amount": amount, "comment": "fuzz"}
             finance += [(name, data), (name + "Sync", data)]
         return [
@@ -283,7 +311,9 @@ class Fuzzer:
 def weird_values() -> st.SearchStrategy[Any]:
     """Values of every JSON type, edge numbers and long or odd strings."""
     scalars = st.one_of(
-        st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
         st.sampled_from([0, -1, 1, 2**31, 2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**30]),
         st.floats(allow_nan=False, allow_infinity=False),
         st.sampled_from([0.0, -0.0, 1e-300, 1e300, 0.005, 300.005, 1e9, 1e9 + 0.01, -1e9 - 1]),
@@ -300,9 +330,19 @@ def weird_values() -> st.SearchStrategy[Any]:
 
 
 COMMAND_NAMES = (
-    "BalanceIn", "BalanceOutSync", "CreditInSync", "DeleteCreditSync", "AddUser", "HealthCheck",
-    "GetUserBalanceList", "GetGroups", "SubscribeAll", "UnsubscribeAll", "NoSuchCommand",
-    "balancein", "",
+    "BalanceIn",
+    "BalanceOutSync",
+    "CreditInSync",
+    "DeleteCreditSync",
+    "AddUser",
+    "HealthCheck",
+    "GetUserBalanceList",
+    "GetGroups",
+    "SubscribeAll",
+    "UnsubscribeAll",
+    "NoSuchCommand",
+    "balancein",
+    "",
 )
 
 
@@ -320,9 +360,9 @@ def mutate_request(draw: st.DrawFn, fuzzer: Fuzzer, request: dict[str, Any]) -> 
         name = draw(st.sampled_from(["extra", "__access", "extId", "login", "amount", "order"]))
         target[name] = draw(weird_values())
     elif kind == 3:  # an extID sent before: an idempotent retry or a mismatch
-        request["extID"] = fuzzer.used_ext_ids[-1 - draw(st.integers(0, 199)) % len(
-            fuzzer.used_ext_ids
-        )]
+        request["extID"] = fuzzer.used_ext_ids[
+            -1 - draw(st.integers(0, 199)) % len(fuzzer.used_ext_ids)
+        ]
     elif kind == 4:
         request["__token"] = draw(st.sampled_from(fuzzer.tokens))
     elif kind == 5:
@@ -353,12 +393,16 @@ def mutate_bytes(draw: st.DrawFn, body: bytes) -> bytes:
     if kind == 4:
         return body + b"\r\n" + body
     if kind == 5:
-        return body[:at] + draw(st.sampled_from([b"\r\n", b"\n", b"\r", b"\n\n", b" \t\r\n"])) + (
-            body[at:]
+        return (
+            body[:at]
+            + draw(st.sampled_from([b"\r\n", b"\n", b"\r", b"\n\n", b" \t\r\n"]))
+            + (body[at:])
         )
     if kind == 6:
-        return body[:at] + draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x00"])) + (
-            body[at:]
+        return (
+            body[:at]
+            + draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x00"]))
+            + (body[at:])
         )
     if kind == 7 and draw(st.integers(0, 9)) == 0:  # rare: each one costs a connection
         return body[:at] + b" " * (MAX_FRAME_BYTES + 1) + body[at:]
@@ -383,7 +427,9 @@ def draw_frame(draw: st.DrawFn, fuzzer: Fuzzer) -> bytes:
 async def test_fuzzed_frames_break_no_invariant(make_gateway: GatewayFactory) -> None:
     """Mutated requests: no 500, every answer under its extID, no leak, a sound ledger."""
     gw = await make_gateway(
-        sync_timeout_ms=200, max_frame_bytes=MAX_FRAME_BYTES, max_auth_failures=MAX_AUTH_FAILURES,
+        sync_timeout_ms=200,
+        max_frame_bytes=MAX_FRAME_BYTES,
+        max_auth_failures=MAX_AUTH_FAILURES,
         max_inflight=16,
     )
     admin = await gw.client(role=SessionType.ADMIN)
@@ -399,7 +445,10 @@ async def test_fuzzed_frames_break_no_invariant(make_gateway: GatewayFactory) ->
 
     @seed(FUZZ_SEED)
     @settings(
-        max_examples=BATCHES, database=None, deadline=None, phases=[Phase.generate],
+        max_examples=BATCHES,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
     @given(st.data())

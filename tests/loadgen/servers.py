@@ -27,11 +27,23 @@ def correct_answer(request: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     base = command.removesuffix("Sync")
     if base in CMD and command.endswith("Sync"):
-        result = {"order": next(_orders), "login": data["login"], "cmd": CMD[base], "state": 3,
-                  "profit": data["amount"], "comment": data.get("comment", "Finance")}
+        result = {
+            "order": next(_orders),
+            "login": data["login"],
+            "cmd": CMD[base],
+            "state": 3,
+            "profit": data["amount"],
+            "comment": data.get("comment", "Finance"),
+        }
     elif base in CMD:
-        result = {"accepted": True, "order": next(_orders), "state": 10, "login": data["login"],
-                  "cmd": CMD[base], "amount": data["amount"]}
+        result = {
+            "accepted": True,
+            "order": next(_orders),
+            "state": 10,
+            "login": data["login"],
+            "cmd": CMD[base],
+            "amount": data["amount"],
+        }
     elif command == "GetAccountByLogin":
         result = {"login": data["login"], "balance": 0.0, "credit": 0.0}
     return {"extID": request["extID"], "status": 200, "data": result}
@@ -105,8 +117,12 @@ def answer_wrongly(request: dict[str, Any]) -> list[bytes]:
     if login == WRONG_FIRST_LOGIN + 1:
         answer["data"]["login"] = login + 1
     elif login == WRONG_FIRST_LOGIN + 2:
-        answer = {"extID": request["extID"], "status": 500, "error": "INTERNAL_ERROR",
-                  "message": "boom"}
+        answer = {
+            "extID": request["extID"],
+            "status": 500,
+            "error": "INTERNAL_ERROR",
+            "message": "boom",
+        }
     elif login == WRONG_FIRST_LOGIN + 3:
         return [frame(answer), frame({**answer, "extID": "bogus-" + request["extID"]})]
     return [frame(answer)]

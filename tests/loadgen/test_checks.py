@@ -13,9 +13,20 @@ WITHDRAWAL = {"login": 1001, "amount": -20.25, "comment": "loadgen"}
 
 
 def record(**changes: Any) -> dict[str, Any]:
-    base = {"order": 7, "login": 1001, "cmd": 7, "state": 3, "symbol": "", "volume": 0,
-            "profit": 300.1, "comment": "Promotion credit", "open_time": 1, "close_time": 1,
-            "update_time": 1, "reason": 7}
+    base = {
+        "order": 7,
+        "login": 1001,
+        "cmd": 7,
+        "state": 3,
+        "symbol": "",
+        "volume": 0,
+        "profit": 300.1,
+        "comment": "Promotion credit",
+        "open_time": 1,
+        "close_time": 1,
+        "update_time": 1,
+        "reason": 7,
+    }
     return {**base, **changes}
 
 
@@ -33,9 +44,15 @@ def test_a_matching_sync_trade_record_passes() -> None:
     assert mismatch_reason("CreditInSync", "e1", CREDIT, ok(record())) is None
 
 
-@pytest.mark.parametrize(("command", "cmd"), [
-    ("BalanceInSync", 6), ("CreditInSync", 7), ("BalanceOutSync", 8), ("CreditOutSync", 9),
-])
+@pytest.mark.parametrize(
+    ("command", "cmd"),
+    [
+        ("BalanceInSync", 6),
+        ("CreditInSync", 7),
+        ("BalanceOutSync", 8),
+        ("CreditOutSync", 9),
+    ],
+)
 def test_each_sync_command_expects_its_cmd_code(command: str, cmd: int) -> None:
     """Each *Sync command's record must carry its own cmd code (6, 7, 8, 9), no other."""
     data = {**CREDIT, "amount": -300.1 if "Out" in command else 300.1}
@@ -47,17 +64,20 @@ def test_each_sync_command_expects_its_cmd_code(command: str, cmd: int) -> None:
     )
 
 
-@pytest.mark.parametrize(("changes", "field"), [
-    ({"login": 1002}, "login"),
-    ({"login": "1001"}, "login"),
-    ({"profit": 300.0}, "profit"),
-    ({"profit": "300.10"}, "profit"),
-    ({"comment": "other"}, "comment"),
-    ({"order": 0}, "order"),
-    ({"order": -3}, "order"),
-    ({"order": True}, "order"),
-    ({"order": None}, "order"),
-])
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"login": 1002}, "login"),
+        ({"login": "1001"}, "login"),
+        ({"profit": 300.0}, "profit"),
+        ({"profit": "300.10"}, "profit"),
+        ({"comment": "other"}, "comment"),
+        ({"order": 0}, "order"),
+        ({"order": -3}, "order"),
+        ({"order": True}, "order"),
+        ({"order": None}, "order"),
+    ],
+)
 def test_a_wrong_sync_trade_record_is_a_mismatch_naming_the_field(
     changes: dict[str, Any], field: str
 ) -> None:
@@ -75,7 +95,11 @@ def test_profit_is_compared_in_cents_not_as_floats() -> None:
     whole_record = record(profit=300.0, comment="c")
     assert mismatch_reason("CreditInSync", "e1", whole, ok(whole_record)) is None
     assert (cents(-20.25), cents(5), cents(True), cents("1"), cents(None)) == (
-        -2025, 500, None, None, None
+        -2025,
+        500,
+        None,
+        None,
+        None,
     )
 
 
@@ -101,16 +125,19 @@ def test_a_matching_async_ack_passes() -> None:
     assert mismatch_reason("BalanceOut", "e1", WITHDRAWAL, ok(out)) is None
 
 
-@pytest.mark.parametrize(("changes", "field"), [
-    ({"accepted": False}, "accepted"),
-    ({"accepted": 1}, "accepted"),
-    ({"state": 11}, "state"),
-    ({"state": 3}, "state"),
-    ({"login": 1}, "login"),
-    ({"cmd": 6}, "cmd"),
-    ({"amount": 300.0}, "amount"),
-    ({"order": 0}, "order"),
-])
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"accepted": False}, "accepted"),
+        ({"accepted": 1}, "accepted"),
+        ({"state": 11}, "state"),
+        ({"state": 3}, "state"),
+        ({"login": 1}, "login"),
+        ({"cmd": 6}, "cmd"),
+        ({"amount": 300.0}, "amount"),
+        ({"order": 0}, "order"),
+    ],
+)
 def test_a_wrong_async_ack_is_a_mismatch_naming_the_field(
     changes: dict[str, Any], field: str
 ) -> None:

@@ -36,8 +36,10 @@ async def test_answers_are_matched_by_ext_id_not_by_arrival_order() -> None:
         held.append(request)
         if len(held) < 2:
             return []
-        return [frame({"extID": r["extID"], "status": 200, "data": {"n": r["data"]["n"]}})
-                for r in reversed(held)]
+        return [
+            frame({"extID": r["extID"], "status": 200, "data": {"n": r["data"]["n"]}})
+            for r in reversed(held)
+        ]
 
     async with serving(reverse_pairs) as server:
         client = await GatewayClient.connect("127.0.0.1", server.port)
@@ -50,6 +52,7 @@ async def test_answers_are_matched_by_ext_id_not_by_arrival_order() -> None:
 async def test_unknown_and_duplicate_answers_are_orphans_not_crashes() -> None:
     """An answer under an unknown extID and a second answer to the same request are counted in
     orphans and shown to on_orphan; the request still gets its first answer."""
+
     def duplicate_and_stray(request: dict[str, Any]) -> list[bytes]:
         answer = {"extID": request["extID"], "status": 200, "data": {}}
         return [frame(answer), frame(answer), frame({**answer, "extID": "nobody"})]
@@ -67,9 +70,12 @@ async def test_unknown_and_duplicate_answers_are_orphans_not_crashes() -> None:
 
 async def test_pushed_events_are_counted_and_handed_to_on_event() -> None:
     """Frames with "event" go to on_event and events_received, never to a request."""
+
     def event_then_answer(request: dict[str, Any]) -> list[bytes]:
-        return [frame({"event": "trade:event", "type": 0, "data": {"order": 1}}),
-                frame({"extID": request["extID"], "status": 200, "data": {}})]
+        return [
+            frame({"event": "trade:event", "type": 0, "data": {"order": 1}}),
+            frame({"extID": request["extID"], "status": 200, "data": {}}),
+        ]
 
     async with serving(event_then_answer) as server:
         events: list[dict[str, Any]] = []
@@ -83,6 +89,7 @@ async def test_pushed_events_are_counted_and_handed_to_on_event() -> None:
 async def test_split_frames_bare_newlines_blank_lines_and_garbage_are_handled() -> None:
     """An answer split over two writes, ended by a bare newline after blank lines and a
     non-JSON line, still resolves; the bad line is counted in bad_frames."""
+
     def awkward(request: dict[str, Any]) -> list[bytes]:
         body = orjson.dumps({"extID": request["extID"], "status": 200, "data": {}})
         return [b"\r\n\n", b"not json\r\n", b"[1]\n", body[:5], body[5:] + b"\n"]
@@ -157,7 +164,8 @@ async def test_callbacks_can_send_from_inside_an_answer() -> None:
             if len(answers) < 5:
                 client.send_frame_cb(
                     encode_request("HealthCheck", {}, f"r{len(answers)}"),
-                    f"r{len(answers)}", on_answer,
+                    f"r{len(answers)}",
+                    on_answer,
                 )
             else:
                 done.set_result(None)

@@ -19,8 +19,14 @@ def uniform_1_to_10000_us() -> LatencyHistogram:
 def test_known_inputs_give_known_percentiles() -> None:
     """1..10,000 us once each: p50 5 ms, p90 9 ms, p99 9.9 ms, max 10 ms, mean 5 ms (0.1%)."""
     summary = uniform_1_to_10000_us().summary()
-    for key, expected in (("p50_ms", 5.0), ("p90_ms", 9.0), ("p99_ms", 9.9),
-                          ("p999_ms", 9.99), ("max_ms", 10.0), ("mean_ms", 5.0005)):
+    for key, expected in (
+        ("p50_ms", 5.0),
+        ("p90_ms", 9.0),
+        ("p99_ms", 9.9),
+        ("p999_ms", 9.99),
+        ("max_ms", 10.0),
+        ("mean_ms", 5.0005),
+    ):
         assert summary[key] == pytest.approx(expected, rel=PRECISION), key
     assert summary["count"] == 10_000 and summary["min_ms"] == 0.001 and summary["clamped"] == 0
 
@@ -54,8 +60,10 @@ def test_empty_histogram_reports_zero_count_and_none() -> None:
     histogram = LatencyHistogram()
     summary = histogram.summary()
     assert summary["count"] == 0 and summary["clamped"] == 0
-    assert all(summary[key] is None for key in
-               ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "min_ms", "max_ms", "mean_ms"))
+    assert all(
+        summary[key] is None
+        for key in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "min_ms", "max_ms", "mean_ms")
+    )
     assert histogram.percentile_ms(99) is None and histogram.spectrum() == []
 
 

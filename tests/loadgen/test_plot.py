@@ -14,8 +14,14 @@ from .servers import answer_correctly, serving
 
 
 def spec(port: int, **changes: Any) -> LoadSpec:
-    settings: dict[str, Any] = {"port": port, "connections": 2, "inflight": 2,
-                                "duration_s": None, "requests": 40, "progress": False}
+    settings: dict[str, Any] = {
+        "port": port,
+        "connections": 2,
+        "inflight": 2,
+        "duration_s": None,
+        "requests": 40,
+        "progress": False,
+    }
     return LoadSpec(**{**settings, **changes})
 
 
@@ -32,8 +38,9 @@ async def test_plots_are_written_as_valid_pngs(tmp_path: Path) -> None:
 
 async def test_a_run_without_answers_still_plots(tmp_path: Path) -> None:
     """A run whose every request timed out (empty histogram) still gets both plots."""
-    async with serving(lambda request: answer_correctly(request)
-                       if request["command"] == "Unsubscribe" else []) as server:
+    async with serving(
+        lambda request: answer_correctly(request) if request["command"] == "Unsubscribe" else []
+    ) as server:
         result = await run_load(spec(server.port, requests=2, timeout_s=0.05))
     assert result.histogram.count == 0
     for path in plot_result(result, tmp_path, "empty"):

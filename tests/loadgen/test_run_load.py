@@ -26,14 +26,28 @@ from .servers import (
 )
 
 BASELINE_SERVER = Path(__file__).parents[2] / "tools" / "baseline_server.py"
-FINANCE = ("BalanceIn", "BalanceInSync", "BalanceOut", "BalanceOutSync",
-           "CreditIn", "CreditInSync", "CreditOut", "CreditOutSync")
+FINANCE = (
+    "BalanceIn",
+    "BalanceInSync",
+    "BalanceOut",
+    "BalanceOutSync",
+    "CreditIn",
+    "CreditInSync",
+    "CreditOut",
+    "CreditOutSync",
+)
 
 
 def small(port: int, **settings: Any) -> LoadSpec:
     """A short, quiet run: a request count, never a duration."""
-    base: dict[str, Any] = {"port": port, "connections": 3, "inflight": 2, "duration_s": None,
-                            "requests": 60, "progress": False}
+    base: dict[str, Any] = {
+        "port": port,
+        "connections": 3,
+        "inflight": 2,
+        "duration_s": None,
+        "requests": 60,
+        "progress": False,
+    }
     return LoadSpec(**{**base, **settings})
 
 
@@ -42,9 +56,15 @@ async def test_gateway_moves_exactly_the_money_that_was_sent(make_gateway: Gatew
     account's balance and credit moved by exactly the amounts the load generator sent."""
     harness = await make_gateway()
     token = harness.token()
-    spec = small(harness.port, token=token, create_accounts=True, accounts=3, requests=120,
-                 initial_balance=1000.0, mix={**dict.fromkeys(FINANCE, 1.0),
-                                              "GetAccountByLogin": 1.0})
+    spec = small(
+        harness.port,
+        token=token,
+        create_accounts=True,
+        accounts=3,
+        requests=120,
+        initial_balance=1000.0,
+        mix={**dict.fromkeys(FINANCE, 1.0), "GetAccountByLogin": 1.0},
+    )
     result = await run_load(spec)
     assert (result.requests, result.ok, result.errors, result.mismatches) == (120, 120, {}, 0)
     assert result.orphans == 0 and result.events_received == 0  # unsubscribed from events
@@ -63,8 +83,15 @@ async def test_gateway_moves_exactly_the_money_that_was_sent(make_gateway: Gatew
 async def test_gateway_events_are_counted_when_subscribed(make_gateway: GatewayFactory) -> None:
     """With events on, the trade and balance events of the load's own operations arrive."""
     harness = await make_gateway()
-    spec = small(harness.port, token=harness.token(), create_accounts=True, accounts=1,
-                 connections=1, requests=10, events=True)
+    spec = small(
+        harness.port,
+        token=harness.token(),
+        create_accounts=True,
+        accounts=1,
+        connections=1,
+        requests=10,
+        events=True,
+    )
     result = await run_load(spec)
     assert result.ok == 10 and result.errors == {}
     # AddUser and funding emit some; each CreditInSync one trade:event and one balance:event.
@@ -74,8 +101,7 @@ async def test_gateway_events_are_counted_when_subscribed(make_gateway: GatewayF
 async def test_existing_accounts_are_reused(make_gateway: GatewayFactory) -> None:
     """create_accounts on logins that exist already (USER_EXISTS) is fine: a second run works."""
     harness = await make_gateway()
-    spec = small(harness.port, token=harness.token(), create_accounts=True, accounts=1,
-                 requests=5)
+    spec = small(harness.port, token=harness.token(), create_accounts=True, accounts=1, requests=5)
     for _ in range(2):
         result = await run_load(spec)
         assert (result.ok, result.errors, result.mismatches) == (5, {}, 0)
@@ -118,8 +144,9 @@ async def test_wrong_server_errors_mismatches_and_orphans_are_counted() -> None:
     """A server answering wrong logins, 500s and extra unknown extIDs: each is counted as a
     mismatch, an error or an orphan, and nothing crashes."""
     async with serving(answer_wrongly) as server:
-        spec = small(server.port, accounts=4, first_login=WRONG_FIRST_LOGIN, requests=40,
-                     connections=2)
+        spec = small(
+            server.port, accounts=4, first_login=WRONG_FIRST_LOGIN, requests=40, connections=2
+        )
         result = await run_load(spec)
     assert result.requests == 40 and result.ok == 20
     assert result.errors == {"500/INTERNAL_ERROR": 10}
@@ -175,8 +202,11 @@ async def test_closed_loop_keeps_inflight_requests_outstanding_per_connection() 
         server = servers[0]
         burst.append(server.writers.index(server.origins[-1]))
         if len(burst) == 6:
-            held = [(r, w) for r, w in zip(server.requests, server.origins, strict=True)
-                    if r["command"] != "Unsubscribe"]
+            held = [
+                (r, w)
+                for r, w in zip(server.requests, server.origins, strict=True)
+                if r["command"] != "Unsubscribe"
+            ]
             for held_request, writer in held:
                 writer.write(frame(correct_answer(held_request)))
         return []
@@ -191,6 +221,7 @@ async def test_closed_loop_keeps_inflight_requests_outstanding_per_connection() 
 async def test_unanswered_requests_time_out_as_client_errors() -> None:
     """Requests a server never answers count as client/TIMEOUT after timeout_s; no latency is
     recorded for them and the run still ends."""
+
     def set_up_only(request: dict[str, Any]) -> list[bytes]:
         return answer_correctly(request) if request["command"] == "Unsubscribe" else []
 

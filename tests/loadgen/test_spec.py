@@ -19,22 +19,26 @@ from gateway_bench.spec import (
 
 
 def test_parse_mix_reads_weights_and_bare_names() -> None:
-    """"A=3,B" is A weighing 3 and B weighing 1; a repeated name adds up."""
+    """ "A=3,B" is A weighing 3 and B weighing 1; a repeated name adds up."""
     assert parse_mix("CreditInSync=3,GetAccountByLogin") == {
-        "CreditInSync": 3.0, "GetAccountByLogin": 1.0,
+        "CreditInSync": 3.0,
+        "GetAccountByLogin": 1.0,
     }
     assert parse_mix(" BalanceIn = 0.5 , BalanceIn=1.5") == {"BalanceIn": 2.0}
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("Nope=1", "unknown command 'Nope'"),
-    ("AddUser", "unknown command 'AddUser'"),
-    ("CreditInSync=0", "must be a positive number"),
-    ("CreditInSync=-2", "must be a positive number"),
-    ("CreditInSync=nan", "must be a positive number"),
-    ("CreditInSync=x", "not a number"),
-    ("CreditInSync,", "empty command name"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("Nope=1", "unknown command 'Nope'"),
+        ("AddUser", "unknown command 'AddUser'"),
+        ("CreditInSync=0", "must be a positive number"),
+        ("CreditInSync=-2", "must be a positive number"),
+        ("CreditInSync=nan", "must be a positive number"),
+        ("CreditInSync=x", "not a number"),
+        ("CreditInSync,", "empty command name"),
+    ],
+)
 def test_parse_mix_refuses_bad_entries(text: str, message: str) -> None:
     """Unknown commands, non-positive or non-numeric weights and empty names are refused."""
     with pytest.raises(ValueError, match=message):
@@ -53,8 +57,9 @@ def test_every_login_gets_the_whole_mix() -> None:
     (pairing both with the request number would send all In to one login, all Out to the
     other)."""
     source = RequestSource({"BalanceInSync": 1.0, "BalanceOutSync": 1.0}, range(10, 12))
-    pairs = Counter((command, data["login"]) for command, data in
-                    (source.next() for _ in range(400)))
+    pairs = Counter(
+        (command, data["login"]) for command, data in (source.next() for _ in range(400))
+    )
     assert set(pairs.values()) == {100} and len(pairs) == 4
 
 
@@ -79,20 +84,23 @@ def test_defaults_are_valid() -> None:
     assert spec.closed_loop and spec.mix == {"CreditInSync": 1.0}
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"connections": 0}, "connections"),
-    ({"inflight": 0}, "inflight"),
-    ({"rate": 0.0}, "rate"),
-    ({"rate": -5.0}, "rate"),
-    ({"duration_s": None, "requests": None}, "duration or a number of requests"),
-    ({"duration_s": 0.0}, "duration"),
-    ({"requests": 0}, "requests"),
-    ({"warmup_s": -1.0}, "warmup"),
-    ({"timeout_s": 0.0}, "timeout"),
-    ({"accounts": 0}, "accounts"),
-    ({"mix": {}}, "at least one command"),
-    ({"mix": {"Bogus": 1.0}}, "unknown command"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"connections": 0}, "connections"),
+        ({"inflight": 0}, "inflight"),
+        ({"rate": 0.0}, "rate"),
+        ({"rate": -5.0}, "rate"),
+        ({"duration_s": None, "requests": None}, "duration or a number of requests"),
+        ({"duration_s": 0.0}, "duration"),
+        ({"requests": 0}, "requests"),
+        ({"warmup_s": -1.0}, "warmup"),
+        ({"timeout_s": 0.0}, "timeout"),
+        ({"accounts": 0}, "accounts"),
+        ({"mix": {}}, "at least one command"),
+        ({"mix": {"Bogus": 1.0}}, "unknown command"),
+    ],
+)
 def test_validate_names_the_bad_setting(changes: dict[str, Any], message: str) -> None:
     """Each impossible setting is a ValueError that names it."""
     with pytest.raises(ValueError, match=message):

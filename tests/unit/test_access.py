@@ -78,8 +78,11 @@ def test_regex_metacharacters_are_literal(mask: str, group: str, matches: bool) 
 def test_several_masks_any_matches() -> None:
     """With several masks a group is seen when any one of them matches it in full."""
     pattern = compile_masks(("demo*", "*vip", "real-*-usd"))
-    assert [g for g in ("demo1", "gold-vip", "real-x-usd", "real-x-eur", "vip2", "xdemo")
-            if pattern.fullmatch(g)] == ["demo1", "gold-vip", "real-x-usd"]
+    assert [
+        g
+        for g in ("demo1", "gold-vip", "real-x-usd", "real-x-eur", "vip2", "xdemo")
+        if pattern.fullmatch(g)
+    ] == ["demo1", "gold-vip", "real-x-usd"]
 
 
 def test_no_masks_match_nothing() -> None:
@@ -157,8 +160,12 @@ def test_mask_cache_is_per_access() -> None:
 # -- session binding -----------------------------------------------------------------------
 
 
-def issue(tokens: TokenService, session_type: SessionType = SessionType.MANAGER,
-          subject: str = "42", exp: int = EXP) -> str:
+def issue(
+    tokens: TokenService,
+    session_type: SessionType = SessionType.MANAGER,
+    subject: str = "42",
+    exp: int = EXP,
+) -> str:
     return tokens.issue(subject, session_type, ["demo*"], exp)
 
 

@@ -393,8 +393,15 @@ def test_encode_trade_event(event_type: int) -> None:
 
 def test_encode_balance_event() -> None:
     """A balance event frame round-trips exactly and carries no extID."""
-    data = {"login": 1001, "balance": 300.0, "credit": 0.0, "equity": 300.0, "margin": 0.0,
-            "margin_free": 300.0, "margin_level": 0.0}
+    data = {
+        "login": 1001,
+        "balance": 300.0,
+        "credit": 0.0,
+        "equity": 300.0,
+        "margin": 0.0,
+        "margin_free": 300.0,
+        "margin_level": 0.0,
+    }
     frame = encode_event("balance:event", 1, orjson.dumps(data))
     decoded = assert_one_frame(frame)
     assert decoded == {"event": "balance:event", "type": 1, "data": data}

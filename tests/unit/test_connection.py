@@ -445,8 +445,15 @@ async def test_connection_lost_drops_pending_sync(make_rig: RigFactory, tmp_path
     rig = await make_rig(storage=storage)
     conn, transport = rig.connect()
     token = rig.token()
-    user = {"group": "demo", "name": "T", "password": "secret123", "leverage": 100, "enable": 1,
-            "email": "t@example.com", "login": 1001}
+    user = {
+        "group": "demo",
+        "name": "T",
+        "password": "secret123",
+        "leverage": 100,
+        "enable": 1,
+        "email": "t@example.com",
+        "login": 1001,
+    }
     conn.data_received(request("AddUser", "add", token, **user))
     added = await transport.wait_for("add")
     assert added["status"] == 200, added

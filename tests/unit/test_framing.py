@@ -16,14 +16,19 @@ FRAMES = [
 ]
 # CRLF and bare LF terminators mixed, with blank lines of both kinds in between.
 STREAM = (
-    FRAMES[0] + b"\r\n"
-    + FRAMES[1] + b"\n"
-    + b"\r\n\n"
-    + FRAMES[2] + b"\r\n"
-    + b"\r\n\r\n"
-    + FRAMES[3] + b"\n"
+    FRAMES[0]
+    + b"\r\n"
+    + FRAMES[1]
     + b"\n"
-    + FRAMES[4] + b"\r\n"
+    + b"\r\n\n"
+    + FRAMES[2]
+    + b"\r\n"
+    + b"\r\n\r\n"
+    + FRAMES[3]
+    + b"\n"
+    + b"\n"
+    + FRAMES[4]
+    + b"\r\n"
 )
 LIMIT = 64
 

@@ -135,8 +135,10 @@ def test_batches_and_commit_failures() -> None:
     commit = "gateway_batch_commit_seconds"
     assert sample(families, f"{commit}_bucket", commit, le="0.0005") == 1
     assert sample(families, f"{commit}_count", commit) == 2
-    assert sample(families, "gateway_ledger_commit_failures_total",
-                  "gateway_ledger_commit_failures") == 1
+    assert (
+        sample(families, "gateway_ledger_commit_failures_total", "gateway_ledger_commit_failures")
+        == 1
+    )
 
 
 def test_families_have_names_types_and_help() -> None:
@@ -164,10 +166,16 @@ def test_sessions_and_events_are_always_exposed() -> None:
     """Every session type and both event channels have a series from the start, at zero."""
     families = scrape(Metrics())
     assert label_values(families, "gateway_sessions", "type") == {
-        "user", "manager", "dealer", "admin", "system", "fix",
+        "user",
+        "manager",
+        "dealer",
+        "admin",
+        "system",
+        "fix",
     }
     assert label_values(families, "gateway_events_pushed", "event") == {
-        "trade:event", "balance:event",
+        "trade:event",
+        "balance:event",
     }
 
 

@@ -38,7 +38,11 @@ SEEDS = list(range(20)) + [
 ]
 
 ANSWERED, REJECTED, TIMED_OUT, SESSION_GONE, SHUT_DOWN = (
-    "answered", "rejected", "timed out", "session gone", "shut down",
+    "answered",
+    "rejected",
+    "timed out",
+    "session gone",
+    "shut down",
 )
 
 
@@ -145,19 +149,25 @@ class Simulation:
         """Right after a timer ran: whatever it settled must be a timeout, due exactly now."""
         now = self.clock.now
         for request in self.collect_ended():
-            self.check(request.outcome == TIMED_OUT,
-                       f"the timer ended request {request.rid} as {request.outcome}")
-            self.check(now >= request.deadline,
-                       f"request {request.rid} timed out at {now}, before its deadline "
-                       f"{request.deadline}")
-            self.check(now - request.deadline <= LATENESS_S,
-                       f"request {request.rid} timed out at {now}, late for {request.deadline}")
+            self.check(
+                request.outcome == TIMED_OUT,
+                f"the timer ended request {request.rid} as {request.outcome}",
+            )
+            self.check(
+                now >= request.deadline,
+                f"request {request.rid} timed out at {now}, before its deadline {request.deadline}",
+            )
+            self.check(
+                now - request.deadline <= LATENESS_S,
+                f"request {request.rid} timed out at {now}, late for {request.deadline}",
+            )
             error = request.waiter.future.exception()
             assert isinstance(error, SyncTimeout)
             expected = {"order": request.order} if request.bound else None
-            self.check(error.data == expected,
-                       f"request {request.rid} timed out with data {error.data}, "
-                       f"expected {expected}")
+            self.check(
+                error.data == expected,
+                f"request {request.rid} timed out with data {error.data}, expected {expected}",
+            )
 
     def expect_ended(self, expected: dict[int, str]) -> list[Request]:
         """The step's own action settled exactly `expected` (rid -> outcome), nothing else."""
@@ -173,8 +183,10 @@ class Simulation:
 
     def check_deadlines(self) -> None:
         for request in self.live.values():
-            self.check(request.deadline > self.clock.now,
-                       f"request {request.rid} outlived its deadline {request.deadline}")
+            self.check(
+                request.deadline > self.clock.now,
+                f"request {request.rid} outlived its deadline {request.deadline}",
+            )
 
     def check_registry(self) -> None:
         """With the callbacks run: the registry holds exactly the live requests, one timer."""
@@ -182,20 +194,28 @@ class Simulation:
         registry = self.registry
         for request in self.requests:
             if request.outcome is not None:
-                self.check(request.waiter.removed,
-                           f"ended request {request.rid} was not removed by its callback")
+                self.check(
+                    request.waiter.removed,
+                    f"ended request {request.rid} was not removed by its callback",
+                )
         pending = len(self.live)
         bound = sum(1 for request in self.live.values() if request.bound)
-        self.check(registry.pending_count() == pending,
-                   f"pending_count() {registry.pending_count()}, {pending} requests live")
+        self.check(
+            registry.pending_count() == pending,
+            f"pending_count() {registry.pending_count()}, {pending} requests live",
+        )
         self.check(registry.pending == pending, f"pending {registry.pending}, {pending} live")
-        self.check(registry.bound_count() == bound,
-                   f"bound_count() {registry.bound_count()}, {bound} live requests bound")
+        self.check(
+            registry.bound_count() == bound,
+            f"bound_count() {registry.bound_count()}, {bound} live requests bound",
+        )
         queue = registry.deadline_queue_length()
         self.check(queue >= pending, f"deadline queue {queue} shorter than pending {pending}")
         timers = self.clock.pending_timers()
-        self.check(timers == (1 if queue else 0),
-                   f"{timers} timers running for a deadline queue of {queue}")
+        self.check(
+            timers == (1 if queue else 0),
+            f"{timers} timers running for a deadline queue of {queue}",
+        )
 
     # -- the client side -------------------------------------------------------------------------
 
@@ -226,8 +246,10 @@ class Simulation:
         expected = {rid: SHUT_DOWN for rid in self.live}
         self.registry.fail_all(error)
         for request in self.expect_ended(expected):
-            self.check(request.waiter.future.exception() is error,
-                       f"request {request.rid} shut down with another error")
+            self.check(
+                request.waiter.future.exception() is error,
+                f"request {request.rid} shut down with another error",
+            )
 
     # -- the main loop ---------------------------------------------------------------------------
 
@@ -267,7 +289,8 @@ class Simulation:
         if self.outbox and self.rng.random() < 0.5:
             event = self.outbox.pop(self.rng.randrange(len(self.outbox)))
             candidates = [
-                r for r in self.bound_by_order.get(event.order, ())
+                r
+                for r in self.bound_by_order.get(event.order, ())
                 if r.event_type == event.event_type and r.rejection is None
             ]
             if not candidates:
@@ -282,18 +305,19 @@ class Simulation:
         expected = {request.rid: REJECTED} if request.rid in self.live else {}
         self.registry.reject(request.waiter, error)
         for ended in self.expect_ended(expected):
-            self.check(ended.waiter.future.exception() is error,
-                       f"request {ended.rid} rejected with another error")
+            self.check(
+                ended.waiter.future.exception() is error,
+                f"request {ended.rid} rejected with another error",
+            )
 
     def emit(self, event: Event) -> None:
         """Emit a trade event: it answers exactly the live waiters bound to its order and type."""
         self.event_seq += 1
-        data = orjson.dumps(
-            {"order": event.order, "type": event.event_type, "seq": self.event_seq}
-        )
+        data = orjson.dumps({"order": event.order, "type": event.event_type, "seq": self.event_seq})
         self.trace[-1] += f" ({event.order},{event.event_type})"
         expected = {
-            r.rid: ANSWERED for r in self.bound_by_order.get(event.order, ())
+            r.rid: ANSWERED
+            for r in self.bound_by_order.get(event.order, ())
             if r.bound and r.event_type == event.event_type and r.rid in self.live
         }
         self.registry.on_trade_event(event.event_type, event.order, data)
@@ -301,10 +325,14 @@ class Simulation:
             answer = request.waiter.future.result()
             self.check(answer is data, f"request {request.rid} answered with other bytes")
             decoded = orjson.loads(answer)
-            self.check((decoded["order"], decoded["type"]) == (request.order, request.event_type),
-                       f"request {request.rid} answered by an event for another order or type")
-            self.check(self.clock.now < request.deadline,
-                       f"request {request.rid} answered after its deadline")
+            self.check(
+                (decoded["order"], decoded["type"]) == (request.order, request.event_type),
+                f"request {request.rid} answered by an event for another order or type",
+            )
+            self.check(
+                self.clock.now < request.deadline,
+                f"request {request.rid} answered after its deadline",
+            )
 
     def emit_next(self) -> None:
         """The next event; sometimes a later one first (reordering), sometimes twice."""
@@ -365,9 +393,17 @@ class Simulation:
     # -- driving ---------------------------------------------------------------------------------
 
     ACTIONS: tuple[tuple[str, float], ...] = (
-        ("register", 20), ("bind", 20), ("emit_next", 22), ("drop", 3), ("delay", 3),
-        ("emit_stray", 4), ("emit_wrong_type", 4), ("reject", 5), ("close_session", 2),
-        ("advance", 12), ("shut_down", 0.3),
+        ("register", 20),
+        ("bind", 20),
+        ("emit_next", 22),
+        ("drop", 3),
+        ("delay", 3),
+        ("emit_stray", 4),
+        ("emit_wrong_type", 4),
+        ("reject", 5),
+        ("close_session", 2),
+        ("advance", 12),
+        ("shut_down", 0.3),
     )
 
     async def run(self, steps: int) -> None:

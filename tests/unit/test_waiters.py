@@ -38,8 +38,12 @@ def assert_empty(registry: WaiterRegistry, clock: FakeClock) -> None:
 async def test_register_starts_timer(registry: WaiterRegistry, clock: FakeClock) -> None:
     """A registered waiter is pending, not yet bound, and has one timer running."""
     waiter = registry.register("s1", "ext-1")
-    assert (waiter.session, waiter.ext_id, waiter.order, waiter.event_type) == ("s1", "ext-1",
-                                                                               None, None)
+    assert (waiter.session, waiter.ext_id, waiter.order, waiter.event_type) == (
+        "s1",
+        "ext-1",
+        None,
+        None,
+    )
     assert registry.pending_count() == 1
     assert registry.bound_count() == 0
     assert clock.pending_timers() == 1
@@ -63,9 +67,7 @@ async def test_event_answers_once(registry: WaiterRegistry, clock: FakeClock) ->
     assert_empty(registry, clock)
 
 
-async def test_other_event_type_does_not_answer(
-    registry: WaiterRegistry, clock: FakeClock
-) -> None:
+async def test_other_event_type_does_not_answer(registry: WaiterRegistry, clock: FakeClock) -> None:
     """An event of another type for the same order leaves the waiter bound and pending."""
     waiter = registry.register("s1", "ext-1")
     registry.bind(waiter, 7, DELETE)
@@ -113,8 +115,11 @@ async def test_timeout_bound_carries_order(registry: WaiterRegistry, clock: Fake
         await waiter.future
     assert caught.value.data == {"order": 7}
     assert caught.value.to_wire("ext-1") == {
-        "extID": "ext-1", "status": 504, "error": "SYNC_TIMEOUT",
-        "message": "no matching trade event before timeout", "data": {"order": 7},
+        "extID": "ext-1",
+        "status": 504,
+        "error": "SYNC_TIMEOUT",
+        "message": "no matching trade event before timeout",
+        "data": {"order": 7},
     }
     registry.remove(waiter)
     assert_empty(registry, clock)

@@ -43,7 +43,8 @@ def get_user_balance_list(ctx: RequestContext, data: LoginsData) -> dict[str, An
 
 def get_groups(ctx: RequestContext, data: EmptyData) -> dict[str, Any]:
     rows = [
-        group.to_wire() for group in ctx.services.groups.values()
+        group.to_wire()
+        for group in ctx.services.groups.values()
         if ctx.access.sees_group(group.name)
     ]
     return {"rows": rows, "count": len(rows)}

@@ -63,8 +63,13 @@ class RequestContext:
 
     def operation(self, kind: OpKind, data: CommandData, **extra: Any) -> Operation:
         return Operation(
-            kind, self.command, self.access, data, (self.access.subject, self.ext_id),
-            self.digest(data), **extra,
+            kind,
+            self.command,
+            self.access,
+            data,
+            (self.access.subject, self.ext_id),
+            self.digest(data),
+            **extra,
         )
 
     def submit(self, op: Operation) -> None:

@@ -61,13 +61,9 @@ def _finance_rows() -> dict[str, CommandSpec]:
         ("CreditOut", CreditOutData, Cmd.CREDIT_OUT),
     ):
         rows[name] = CommandSpec(model, finance.finance(cmd, sync=False), STAFF, True, True)
-        rows[name + "Sync"] = CommandSpec(
-            model, finance.finance(cmd, sync=True), STAFF, True, True
-        )
+        rows[name + "Sync"] = CommandSpec(model, finance.finance(cmd, sync=True), STAFF, True, True)
     for name, credit in (("DeleteBalance", False), ("DeleteCredit", True)):
-        rows[name] = CommandSpec(
-            OrderData, finance.delete(credit, sync=False), STAFF, True, True
-        )
+        rows[name] = CommandSpec(OrderData, finance.delete(credit, sync=False), STAFF, True, True)
         rows[name + "Sync"] = CommandSpec(
             OrderData, finance.delete(credit, sync=True), STAFF, True, True
         )

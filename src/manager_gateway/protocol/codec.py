@@ -89,6 +89,11 @@ def encode_error(error: GatewayError, ext_id: str | None) -> bytes:
 def encode_event(event: str, event_type: int, data_json: bytes) -> bytes:
     """A pushed event frame around already-encoded `data`."""
     return (
-        b'{"event":' + orjson.dumps(event) + b',"type":' + str(event_type).encode()
-        + b',"data":' + data_json + b"}\r\n"
+        b'{"event":'
+        + orjson.dumps(event)
+        + b',"type":'
+        + str(event_type).encode()
+        + b',"data":'
+        + data_json
+        + b"}\r\n"
     )

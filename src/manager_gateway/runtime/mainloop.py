@@ -172,8 +172,13 @@ class MainLoop:
                 effect = self._apply(tx, op, now)
             except GatewayError as error:
                 self._reject(op, error)
-                log.debug("operation_rejected", command=op.command, ext_id=op.key[1],
-                         error=error.code, message=error.message)
+                log.debug(
+                    "operation_rejected",
+                    command=op.command,
+                    ext_id=op.key[1],
+                    error=error.code,
+                    message=error.message,
+                )
                 continue
             except Exception:
                 log.exception("operation_failed", command=op.command, ext_id=op.key[1])
@@ -273,7 +278,9 @@ class MainLoop:
             self._waiters.reject(op.waiter, error)
 
     def _abandon(
-        self, tx: Transaction, applied: list[tuple[Operation, Effect]],
+        self,
+        tx: Transaction,
+        applied: list[tuple[Operation, Effect]],
         error: GatewayError | None = None,
     ) -> None:
         """The commit failed (or was given up on): `tx` is not published; its keys go, its

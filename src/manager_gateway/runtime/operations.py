@@ -118,8 +118,13 @@ def apply_finance(tx: Transaction, op: Operation, now: int) -> Effect:
             raise InvalidData(f"order {existing.order} is deleted")
         updated = _with_money(account, credit, amount - existing.profit)
         record = FinanceRecord(
-            existing.order, existing.version + 1, data.login, op.cmd, CLOSED,
-            amount, data.comment or existing.comment,
+            existing.order,
+            existing.version + 1,
+            data.login,
+            op.cmd,
+            CLOSED,
+            amount,
+            data.comment or existing.comment,
             existing.open_time if data.open_time is None else data.open_time,
             existing.close_time if data.close_time is None else data.close_time,
             now,
@@ -128,7 +133,12 @@ def apply_finance(tx: Transaction, op: Operation, now: int) -> Effect:
     else:
         updated = _with_money(account, credit, amount)
         record = FinanceRecord(
-            tx.reserve_order(), 1, data.login, op.cmd, CLOSED, amount,
+            tx.reserve_order(),
+            1,
+            data.login,
+            op.cmd,
+            CLOSED,
+            amount,
             data.comment or "Finance",
             now if data.open_time is None else data.open_time,
             now if data.close_time is None else data.close_time,
@@ -153,9 +163,7 @@ def apply_delete(tx: Transaction, op: Operation, now: int) -> Effect:
     if existing.is_deleted:
         raise InvalidData(f"order {existing.order} is already deleted")
     updated = _with_money(account, credit, -existing.profit)
-    record = existing._replace(
-        version=existing.version + 1, state=DELETED, update_time=now
-    )
+    record = existing._replace(version=existing.version + 1, state=DELETED, update_time=now)
     tx.put_account(updated)
     tx.put_record(record)
     outcome = _finance_outcome(record, TradeState.FINANCE_DELETE_REQUEST)
@@ -175,8 +183,17 @@ def apply_add_user(
         raise UserExists(f"account {data.login} exists")
     login = data.login if data.login is not None else tx.allocate_login()
     account = Account(
-        login, group.name, data.name, data.email, op.password_hash, data.leverage, data.enable,
-        group.currency, group.digits, ZERO.quantize(group.quantum), ZERO.quantize(group.quantum),
+        login,
+        group.name,
+        data.name,
+        data.email,
+        op.password_hash,
+        data.leverage,
+        data.enable,
+        group.currency,
+        group.digits,
+        ZERO.quantize(group.quantum),
+        ZERO.quantize(group.quantum),
         now,
     )
     tx.put_account(account)

@@ -105,8 +105,18 @@ class Account(NamedTuple):
     def with_money(self, balance: Decimal, credit: Decimal) -> Account:
         """This account with new money (spelled out: NamedTuple._replace costs 3x as much)."""
         return Account(
-            self.login, self.group, self.name, self.email, self.password_hash, self.leverage,
-            self.enable, self.currency, self.digits, balance, credit, self.registration_time,
+            self.login,
+            self.group,
+            self.name,
+            self.email,
+            self.password_hash,
+            self.leverage,
+            self.enable,
+            self.currency,
+            self.digits,
+            balance,
+            credit,
+            self.registration_time,
         )
 
     def balance_wire(self) -> dict[str, Any]:

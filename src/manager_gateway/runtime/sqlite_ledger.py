@@ -77,31 +77,67 @@ _RECORD_COLUMNS = (
 
 def _account_row(a: Account) -> tuple[object, ...]:
     return (
-        a.login, a.group, a.name, a.email, a.password_hash, a.leverage, a.enable, a.currency,
-        a.digits, str(a.balance), str(a.credit), a.registration_time,
+        a.login,
+        a.group,
+        a.name,
+        a.email,
+        a.password_hash,
+        a.leverage,
+        a.enable,
+        a.currency,
+        a.digits,
+        str(a.balance),
+        str(a.credit),
+        a.registration_time,
     )
 
 
 def _account(row: tuple[Any, ...]) -> Account:
     (login, grp, name, email, pwd, leverage, enable, currency, digits, balance, credit, reg) = row
     return Account(
-        int(login), str(grp), str(name), str(email), str(pwd), int(leverage), int(enable),
-        str(currency), int(digits), Decimal(str(balance)), Decimal(str(credit)), int(reg),
+        int(login),
+        str(grp),
+        str(name),
+        str(email),
+        str(pwd),
+        int(leverage),
+        int(enable),
+        str(currency),
+        int(digits),
+        Decimal(str(balance)),
+        Decimal(str(credit)),
+        int(reg),
     )
 
 
 def _record_row(r: FinanceRecord) -> tuple[object, ...]:
     return (
-        r.order, r.version, r.login, r.cmd, r.state, str(r.profit), r.comment, r.open_time,
-        r.close_time, r.update_time,
+        r.order,
+        r.version,
+        r.login,
+        r.cmd,
+        r.state,
+        str(r.profit),
+        r.comment,
+        r.open_time,
+        r.close_time,
+        r.update_time,
     )
 
 
 def _record(row: tuple[Any, ...]) -> FinanceRecord:
     order, version, login, cmd, state, profit, comment, open_t, close_t, update_t = row
     return FinanceRecord(
-        int(order), int(version), int(login), int(cmd), int(state), Decimal(str(profit)),
-        str(comment), int(open_t), int(close_t), int(update_t),
+        int(order),
+        int(version),
+        int(login),
+        int(cmd),
+        int(state),
+        Decimal(str(profit)),
+        str(comment),
+        int(open_t),
+        int(close_t),
+        int(update_t),
     )
 
 
@@ -183,8 +219,14 @@ class SQLiteLedger:
                     db.executemany(
                         "INSERT OR REPLACE INTO idempotency VALUES (?,?,?,?,?,?)",
                         [
-                            (k.subject, k.ext_id, k.command, k.digest,
-                             k.outcome_json.decode(), k.created_at)
+                            (
+                                k.subject,
+                                k.ext_id,
+                                k.command,
+                                k.digest,
+                                k.outcome_json.decode(),
+                                k.created_at,
+                            )
                             for k in batch.keys
                         ],
                     )

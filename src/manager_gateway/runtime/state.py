@@ -51,8 +51,12 @@ class State:
             self.orders_by_login.setdefault(record.login, []).append(order)
         self._keys: dict[tuple[str, str], tuple[Any, ...]] = {
             (k.subject, k.ext_id): (
-                k.command, k.digest, k.outcome_json, k.created_at,
-                orjson.loads(k.outcome_json).get("order"), None,
+                k.command,
+                k.digest,
+                k.outcome_json,
+                k.created_at,
+                orjson.loads(k.outcome_json).get("order"),
+                None,
             )
             for k in snapshot.keys
         }
@@ -112,7 +116,8 @@ class State:
     ) -> Iterator[FinanceRecord]:
         """Current records, newest first, that `match` accepts (optionally of one login)."""
         orders = (
-            reversed(self.orders_by_login.get(login, [])) if login is not None
+            reversed(self.orders_by_login.get(login, []))
+            if login is not None
             else reversed(self._records)
         )
         make = FinanceRecord._make

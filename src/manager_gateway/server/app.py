@@ -62,15 +62,25 @@ class Gateway:
         self.hub = EventHub(self.clock, self.metrics)
         groups = settings.groups_by_name()
         self.runtime = MainLoop(
-            self.storage, self.waiters, self.hub, self.clock, groups,
-            settings.idempotency_ttl_s, settings.max_batch, observer=self.metrics,
+            self.storage,
+            self.waiters,
+            self.hub,
+            self.clock,
+            groups,
+            settings.idempotency_ttl_s,
+            settings.max_batch,
+            observer=self.metrics,
         )
         self._password_hasher = ThreadPoolExecutor(
             max_workers=PASSWORD_HASH_THREADS, thread_name_prefix="password-hash"
         )
         self.services = Services(
-            self.runtime, self.waiters, self.clock, groups,
-            hashlib.sha256(b"idempotency-digest\0" + secret).digest(), self._password_hasher,
+            self.runtime,
+            self.waiters,
+            self.clock,
+            groups,
+            hashlib.sha256(b"idempotency-digest\0" + secret).digest(),
+            self._password_hasher,
         )
         self.auth_throttle = AuthThrottle(
             self.clock, settings.auth_penalty_s, settings.auth_penalty_max_s
@@ -112,8 +122,11 @@ class Gateway:
             raise
         self.port = self._server.sockets[0].getsockname()[1]
         log.info(
-            "gateway_listening", host=self.settings.host, port=self.port,
-            data_dir=str(self.settings.data_dir), tls=self.settings.tls_cert_file is not None,
+            "gateway_listening",
+            host=self.settings.host,
+            port=self.port,
+            data_dir=str(self.settings.data_dir),
+            tls=self.settings.tls_cert_file is not None,
             metrics_port=self.metrics_server.port if self.metrics_server else None,
         )
 

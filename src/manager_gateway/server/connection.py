@@ -227,9 +227,13 @@ class Connection(asyncio.Protocol):
         # The counts are in the metrics; the waiter registry logs each timeout sweep.
         self.log.debug(
             "sync_timeout" if isinstance(error, SyncTimeout) else "command_rejected",
-            ext_id=request.ext_id, command=request.command,
+            ext_id=request.ext_id,
+            command=request.command,
             session=f"{access.subject}/{int(access.type)}" if access else None,
-            status=error.status, error=error.code, message=error.message, data=error.data,
+            status=error.status,
+            error=error.code,
+            message=error.message,
+            data=error.data,
         )
         self.send(encode_error(error, request.ext_id))
         self.metrics.request(request.command, error.status, started)

@@ -53,8 +53,10 @@ class EventHub:
         for connection in self.listeners:
             session = connection.session
             access = session.access
-            if access is not None and session.hears(channel, now) and access.sees_account(
-                login, group
+            if (
+                access is not None
+                and session.hears(channel, now)
+                and access.sees_account(login, group)
             ):
                 connection.send(frame)
                 queued += 1

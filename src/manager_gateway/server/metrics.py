@@ -49,8 +49,22 @@ if TYPE_CHECKING:
 #: Request latency and ledger commit time, 0.1 ms to 10 s (a Sync request waits up to
 #: sync_timeout_ms, 5 s by default, so its timeouts still land below the last bound).
 DURATION_BUCKETS_S = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 #: Operations per committed batch: powers of two up to the default max_batch.
 BATCH_OPERATIONS_BUCKETS = tuple(float(2**n) for n in range(13))
@@ -117,7 +131,9 @@ class Metrics(Collector):
         self.unknown = CommandStats()
         self.invalid = CommandStats()
         self._labelled = (
-            *self.commands.items(), (UNKNOWN_COMMAND, self.unknown), (INVALID_COMMAND, self.invalid)
+            *self.commands.items(),
+            (UNKNOWN_COMMAND, self.unknown),
+            (INVALID_COMMAND, self.invalid),
         )
         self.connections_accepted = 0
         self.connections_refused = 0
@@ -161,11 +177,14 @@ class Metrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._requests()
-        yield _counter("gateway_connections_accepted", "Connections admitted.",
-                       self.connections_accepted)
-        yield _counter("gateway_connections_refused",
-                       "Connections closed on accept (max_connections reached, or draining).",
-                       self.connections_refused)
+        yield _counter(
+            "gateway_connections_accepted", "Connections admitted.", self.connections_accepted
+        )
+        yield _counter(
+            "gateway_connections_refused",
+            "Connections closed on accept (max_connections reached, or draining).",
+            self.connections_refused,
+        )
         sessions = GaugeMetricFamily(
             "gateway_sessions",
             "Open connections with a bound token, by the token's session type.",
@@ -175,20 +194,28 @@ class Metrics(Collector):
             sessions.add_metric((session_type.name.lower(),), count)
         yield sessions
         pushed = CounterMetricFamily(
-            "gateway_events_pushed", "Event frames queued to recipients, by event.",
+            "gateway_events_pushed",
+            "Event frames queued to recipients, by event.",
             labels=("event",),
         )
         for channel in EVENT_CHANNELS:
             pushed.add_metric((channel,), self.events_pushed[channel])
         yield pushed
-        yield _histogram("gateway_batch_operations",
-                         "Operations applied per committed main-loop batch.",
-                         self.batch_operations)
-        yield _histogram("gateway_batch_commit_seconds",
-                         "Time to write one batch durably to the ledger.", self.commit_seconds)
-        yield _counter("gateway_ledger_commit_failures",
-                       "Batches the ledger failed to commit (their requests answered 500).",
-                       self.commit_failures)
+        yield _histogram(
+            "gateway_batch_operations",
+            "Operations applied per committed main-loop batch.",
+            self.batch_operations,
+        )
+        yield _histogram(
+            "gateway_batch_commit_seconds",
+            "Time to write one batch durably to the ledger.",
+            self.commit_seconds,
+        )
+        yield _counter(
+            "gateway_ledger_commit_failures",
+            "Batches the ledger failed to commit (their requests answered 500).",
+            self.commit_failures,
+        )
         if self._gateway is not None:
             yield from _gateway_gauges(self._gateway)
 
@@ -217,23 +244,36 @@ class Metrics(Collector):
 
 
 def _gateway_gauges(gateway: Gateway) -> Iterator[Metric]:
-    yield GaugeMetricFamily("gateway_connections_open", "Connections open.",
-                            value=len(gateway.hub.connections))
-    yield GaugeMetricFamily("gateway_sync_waiters", "Sync requests waiting for their event.",
-                            value=gateway.waiters.pending)
-    yield GaugeMetricFamily("gateway_main_loop_queued_operations",
-                            "Operations submitted to the main loop and not yet taken into a batch.",
-                            value=gateway.runtime.queue_depth)
+    yield GaugeMetricFamily(
+        "gateway_connections_open", "Connections open.", value=len(gateway.hub.connections)
+    )
+    yield GaugeMetricFamily(
+        "gateway_sync_waiters",
+        "Sync requests waiting for their event.",
+        value=gateway.waiters.pending,
+    )
+    yield GaugeMetricFamily(
+        "gateway_main_loop_queued_operations",
+        "Operations submitted to the main loop and not yet taken into a batch.",
+        value=gateway.runtime.queue_depth,
+    )
     # Live Python objects' memory blocks: unlike resident memory, which the allocator keeps after
     # a burst, this goes back down when what the burst held is freed (a leak check).
-    yield GaugeMetricFamily("gateway_python_allocated_blocks",
-                            "Memory blocks the Python allocator has handed out and not freed.",
-                            value=sys.getallocatedblocks())
-    yield _counter("gateway_sync_timeouts", "Sync requests answered 504 SYNC_TIMEOUT.",
-                   gateway.waiters.timeouts)
-    yield _counter("gateway_slow_consumer_disconnects",
-                   "Connections closed because their peer stopped reading (max_outbound_bytes).",
-                   gateway.slow_consumer_disconnects)
+    yield GaugeMetricFamily(
+        "gateway_python_allocated_blocks",
+        "Memory blocks the Python allocator has handed out and not freed.",
+        value=sys.getallocatedblocks(),
+    )
+    yield _counter(
+        "gateway_sync_timeouts",
+        "Sync requests answered 504 SYNC_TIMEOUT.",
+        gateway.waiters.timeouts,
+    )
+    yield _counter(
+        "gateway_slow_consumer_disconnects",
+        "Connections closed because their peer stopped reading (max_outbound_bytes).",
+        gateway.slow_consumer_disconnects,
+    )
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

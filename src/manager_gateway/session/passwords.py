@@ -13,4 +13,3 @@ def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P)
     return f"scrypt${_N}${_R}${_P}${salt.hex()}${digest.hex()}"
-

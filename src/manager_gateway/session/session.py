@@ -17,8 +17,15 @@ class Session:
     """Authentication state and subscriptions of one connection (PROTOCOL.md sections 3 and 5)."""
 
     __slots__ = (
-        "access", "auth_failures", "closed", "event_channels", "submit_tail", "subscribe_all",
-        "symbols", "token", "type_counts",
+        "access",
+        "auth_failures",
+        "closed",
+        "event_channels",
+        "submit_tail",
+        "subscribe_all",
+        "symbols",
+        "token",
+        "type_counts",
     )
 
     def __init__(self, type_counts: list[int] | None = None) -> None:

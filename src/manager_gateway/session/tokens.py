@@ -65,7 +65,9 @@ class TokenService:
                 algorithms=[ALGORITHM],
                 # Times are checked below against `now`, the gateway's clock, not the wall's.
                 options={
-                    "require": ["exp", "sub"], "verify_exp": False, "verify_nbf": False,
+                    "require": ["exp", "sub"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
                     "verify_iat": False,
                 },
             )
