@@ -115,6 +115,37 @@ async def test_every_change_pushes_trade_then_balance(h: Harness) -> None:
     assert h.gateway.waiters.pending_count() == 0
 
 
+async def test_listener_bound_by_health_check_hears_events(h: Harness) -> None:
+    """A client whose only request is a HealthCheck with a valid token is bound by it: it hears
+    trade:event and balance:event of the accounts its masks cover, and nothing else."""
+    listener = await h.client(role=DEALER, groups=["demo"])
+    assert (await listener.ok("HealthCheck"))["status"] == "ok"
+    writer = await bound_client(h, role=ADMIN)
+    added = await writer.ok("BalanceInSync", {"login": 1001, "amount": 25})
+    trade, balance = await change_events(listener)
+    assert trade == {"event": "trade:event", "type": 0, "data": added}
+    assert balance == {"event": "balance:event", "type": 1, "data": money(1001, 25.0, 0.0)}
+    await writer.ok("BalanceInSync", {"login": 2001, "amount": 5})  # vip-eur: not its group
+    await writer.ok("CreditInSync", {"login": 1002, "amount": 7, "comment": "c"})
+    trade, balance = await change_events(listener)
+    assert (trade["data"]["login"], balance["data"]) == (1002, money(1002, 0.0, 7.0))
+    await assert_silent(listener)
+
+
+async def test_invalid_token_on_health_check_binds_nothing(h: Harness) -> None:
+    """A HealthCheck with an invalid token is answered 200 but binds nothing: no events, and
+    the next request without a token is 401."""
+    listener = await Client.connect(h.port, "not-a-token")
+    h.clients.append(listener)
+    assert (await listener.ok("HealthCheck"))["status"] == "ok"
+    writer = await bound_client(h, role=ADMIN)
+    await writer.ok("BalanceInSync", {"login": 1001, "amount": 25})
+    await change_events(writer)
+    answer = await listener.request("GetGroups", token=None)
+    assert (answer["status"], answer["error"]) == (401, "INVALID_TOKEN")
+    assert listener.drain_events() == []
+
+
 async def test_refused_operations_push_nothing(h: Harness) -> None:
     """A refused operation (NOT_ENOUGH_MONEY, INVALID_DATA, unknown login) pushes no event."""
     client = await bound_client(h)

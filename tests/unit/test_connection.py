@@ -214,6 +214,54 @@ async def test_auth_timeout_spares_authenticated(rig: Rig) -> None:
     assert transport.frames()[-1]["status"] == 200
 
 
+async def test_health_check_with_valid_token_binds(rig: Rig) -> None:
+    """A HealthCheck carrying a valid token binds the connection: it survives auth_timeout_s,
+    is counted as a session of its type, and later requests need no token."""
+    conn, transport = rig.connect()
+    conn.data_received(request("HealthCheck", "hc", rig.token(SessionType.DEALER)))
+    await turns()
+    assert transport.frames()[-1]["status"] == 200
+    assert conn.session.access is not None
+    assert conn.session.access.type is SessionType.DEALER
+    assert rig.gateway.metrics.sessions_by_type[SessionType.DEALER] == 1
+    rig.clock.advance(3600)  # far past auth_timeout_s
+    await turns()
+    assert not transport.closing
+    conn.data_received(request("GetGroups", "g"))  # no token: the bound one serves
+    await turns()
+    answer = transport.frames()[-1]
+    assert (answer["extID"], answer["status"], answer["data"]["count"]) == ("g", 200, 1)
+
+
+async def test_health_check_with_invalid_token_changes_nothing(rig: Rig) -> None:
+    """An invalid token on HealthCheck is answered 200 and ignored: it binds nothing (the auth
+    timeout still closes), unbinds nothing and is not an authentication failure."""
+    bound, bound_transport = rig.connect()
+    await authenticate(rig, bound, bound_transport)
+    access = bound.session.access
+    expired = rig.gateway.tokens.issue("1", SessionType.MANAGER, ["*"], int(rig.clock.wall()) - 1)
+    for index, token in enumerate(["not-a-token", expired, "x" * 300]):
+        bound.data_received(request("HealthCheck", f"hb{index}", token))
+    await turns()
+    assert [frame["status"] for frame in bound_transport.frames()[1:]] == [200, 200, 200]
+    assert bound.session.access is access
+    assert bound.session.auth_failures == 0
+    bound.data_received(request("GetGroups", "still-bound"))
+    await turns()
+    assert bound_transport.frames()[-1]["status"] == 200
+
+    conn, transport = rig.connect()
+    bad = b"".join(request("HealthCheck", f"h{i}", "bad") for i in range(15))
+    conn.data_received(bad)  # more than max_auth_failures (10): none of them counts
+    await turns()
+    assert [frame["status"] for frame in transport.frames()] == [200] * 15
+    assert conn.session.auth_failures == 0
+    assert not conn.session.ever_authenticated
+    assert not transport.closing
+    rig.clock.advance(10)  # auth_timeout_s: still unauthenticated, so closed
+    assert transport.closing
+
+
 async def test_auth_timeout_honours_setting(make_rig: RigFactory) -> None:
     """auth_timeout_s from the settings is the deadline."""
     rig = await make_rig(auth_timeout_s=2.5)

@@ -51,7 +51,9 @@ def prepare(
     spec = COMMANDS.get(name)
     if spec is None:
         if name == HEALTH_CHECK:
-            return encode_ok(request.ext_id, health_check(int(services.clock.wall() * 1000)))
+            now = services.clock.wall()
+            session.offer(request.token, tokens, now)
+            return encode_ok(request.ext_id, health_check(int(now * 1000)))
         raise UnknownCommand(f"unknown command {name!r}")
     access = session.authenticate(request.token, tokens, services.clock.wall())
     if access.type not in spec.roles:

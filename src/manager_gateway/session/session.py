@@ -62,13 +62,33 @@ class Session:
                 if access.expires_at <= now:
                     raise InvalidToken("token expired")
             else:
-                access = tokens.verify(presented, now)
-                self._count(access)
-                self.token, self.access = str(presented), access  # verify() took only a str
+                access = self._bind(presented, tokens, now)
         except InvalidToken:
             self.auth_failures += 1
             raise
         self.auth_failures = 0
+        return access
+
+    def offer(self, presented: object, tokens: TokenService, now: float) -> None:
+        """A token sent where none is needed (HealthCheck): bound when valid, like any request's;
+        an invalid one is ignored, so a probe never breaks, never unbinds the session and never
+        counts towards `max_auth_failures`."""
+        if presented is None:
+            return
+        access = self.access
+        if presented == self.token and access is not None and access.expires_at > now:
+            return  # already bound to it
+        try:
+            self._bind(presented, tokens, now)
+        except InvalidToken:
+            return
+        self.auth_failures = 0
+
+    def _bind(self, presented: object, tokens: TokenService, now: float) -> Access:
+        """Verify `presented` and make it the bound token; raises `InvalidToken`."""
+        access = tokens.verify(presented, now)
+        self._count(access)
+        self.token, self.access = str(presented), access  # verify() took only a str
         return access
 
     def close(self) -> None:
