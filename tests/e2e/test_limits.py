@@ -107,8 +107,9 @@ async def test_frame_split_into_pieces_is_reassembled(make_gateway: GatewayFacto
 
 
 async def test_max_inflight_answers_429_at_once(make_gateway: GatewayFactory) -> None:
-    """With max_inflight requests pending, another is 429 at once, reads still answer (they never
-    pend), and the pending ones then finish."""
+    """With max_inflight requests pending, another is 429 at once (a read behind the pending
+    writes too: it would be held, so it counts), HealthCheck and other connections still answer,
+    and the pending ones then finish."""
     h = await make_gateway(max_inflight=4, sync_timeout_ms=30_000, gated=True)
     storage = h.gateway.storage
     assert isinstance(storage, GatedLedger)
@@ -120,7 +121,9 @@ async def test_max_inflight_answers_429_at_once(make_gateway: GatewayFactory) ->
     over = await client.request("BalanceInSync", {"login": 1001, "amount": 100})
     assert (over["status"], over["error"]) == (429, "TOO_MANY_REQUESTS")
     assert (await client.ok("HealthCheck"))["status"] == "ok"
-    assert (await client.ok("GetAccountByLogin", {"login": 1001}))["balance"] == 0.0
+    read = await client.request("GetAccountByLogin", {"login": 1001})
+    assert (read["status"], read["error"]) == (429, "TOO_MANY_REQUESTS")
+    assert (await other.ok("GetAccountByLogin", {"login": 1001}))["balance"] == 0.0
     assert (await other.ok("HealthCheck"))["status"] == "ok"  # the limit is per connection
     assert not any(future.done() for future in pending)
     storage.release()

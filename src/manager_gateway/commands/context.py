@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +48,8 @@ class RequestContext:
     # connection to reach the main loop (`after`), then lets the next one go (`turn`).
     after: asyncio.Future[None] | None = None
     turn: asyncio.Future[None] | None = None
+    # The connection's "this write is decided" callback, handed to the operation.
+    decided: Callable[[], None] | None = None
 
     def digest(self, data: CommandData) -> str:
         """A keyed hash of the command and its validated `data` (PROTOCOL.md section 7).
@@ -69,6 +71,7 @@ class RequestContext:
             data,
             (self.access.subject, self.ext_id),
             self.digest(data),
+            decided=self.decided,
             **extra,
         )
 
@@ -96,6 +99,8 @@ class RequestContext:
                 op.future.set_exception(error)
             if op.waiter is not None:
                 self.services.waiters.reject(op.waiter, error)
+            if op.decided is not None:
+                op.decided()
         finally:
             self.release_turn()
 

@@ -45,6 +45,9 @@ class CommandSpec:
     roles: frozenset[SessionType]
     changes_state: bool = False
     deferred: bool = False
+    #: Answers from account state, so it waits for its connection's earlier writes to be
+    #: decided (read-your-writes); subscriptions do not.
+    reads_state: bool = False
     #: Derived once here, not per request.
     is_async: bool = field(init=False)
 
@@ -73,17 +76,26 @@ def _finance_rows() -> dict[str, CommandSpec]:
 COMMANDS: dict[str, CommandSpec] = {
     **_finance_rows(),
     "AddUser": CommandSpec(AddUserData, accounts.add_user, ACCOUNT_CREATORS, True),
-    "GetAccountByLogin": CommandSpec(LoginData, accounts.get_account_by_login, STAFF),
-    "GetUserBalanceList": CommandSpec(LoginsData, accounts.get_user_balance_list, STAFF),
-    "GetGroups": CommandSpec(EmptyData, accounts.get_groups, STAFF),
-    "MngGetTradesByFilter": CommandSpec(TradesFilterData, trades.get_trades_by_filter, STAFF),
-    "GetTradeByOrder": CommandSpec(OrderData, trades.get_trade_by_order, EVERYONE),
+    "GetAccountByLogin": CommandSpec(
+        LoginData, accounts.get_account_by_login, STAFF, reads_state=True
+    ),
+    "GetUserBalanceList": CommandSpec(
+        LoginsData, accounts.get_user_balance_list, STAFF, reads_state=True
+    ),
+    "GetGroups": CommandSpec(EmptyData, accounts.get_groups, STAFF, reads_state=True),
+    "MngGetTradesByFilter": CommandSpec(
+        TradesFilterData, trades.get_trades_by_filter, STAFF, reads_state=True
+    ),
+    "GetTradeByOrder": CommandSpec(
+        OrderData, trades.get_trade_by_order, EVERYONE, reads_state=True
+    ),
     "Subscribe": CommandSpec(ChannelsData, subscriptions.subscribe, EVERYONE),
     "Unsubscribe": CommandSpec(ChannelsData, subscriptions.unsubscribe, EVERYONE),
     "SubscribeAll": CommandSpec(EmptyData, subscriptions.subscribe_all, EVERYONE),
     "UnsubscribeAll": CommandSpec(EmptyData, subscriptions.unsubscribe_all, EVERYONE),
 }
 
-#: Answered without a token: load balancers and probes use it.
+#: Answered without a token: load balancers and probes use it. A valid token sent with it
+#: binds the connection (a listener may send nothing else); an invalid one is ignored.
 HEALTH_CHECK = "HealthCheck"
 ALL_COMMANDS = frozenset({*COMMANDS, HEALTH_CHECK})

@@ -5,8 +5,8 @@ each operation to a `Transaction` overlay (a rejection goes straight back to its
 batch to the ledger in one durable transaction on the ledger thread, and only then publishes the new
 state, answers the callers and emits `trade:event` / `balance:event` in operation order.
 
-Idempotency (PROTOCOL.md section 7) is decided here too, because only the single writer can tell
-"already applied", "being applied in this batch" and "new" apart without races.
+Idempotency (docs/protocol.md section 7) is decided here too, because only the single writer can
+tell "already applied", "being applied in this batch" and "new" apart without races.
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ class MainLoop:
             self._task = None
             for op in self._queue:
                 self._reject(op, ShuttingDown())
+            _tell_decided(self._queue)
             log.error("ledger_abandoned", timeout_s=timeout_s, queued=len(self._queue))
             self._queue.clear()
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -155,7 +156,10 @@ class MainLoop:
                 continue
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
-            await self._process(batch)
+            try:
+                await self._process(batch)
+            finally:  # committed, refused or abandoned: every operation of it is decided now
+                _tell_decided(batch)
             # Not held while waiting for the next wake-up: the last batch's operations (their
             # data, waiters and answers) would stay alive until then, up to max_batch of them.
             del batch
@@ -325,3 +329,9 @@ class MainLoop:
         self, match: Callable[[FinanceRecord], bool], login: int | None
     ) -> Iterator[FinanceRecord]:
         return self.state.find_records(match, login)
+
+
+def _tell_decided(ops: list[Operation]) -> None:
+    for op in ops:
+        if op.decided is not None:
+            op.decided()

@@ -7,6 +7,7 @@ transaction is untouched then) or return an `Effect` describing what to commit a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -56,6 +57,9 @@ class Operation:
     answer: str = "ack"  # the part of the outcome `future` is settled with
     future: asyncio.Future[dict[str, Any]] | None = None
     waiter: Waiter | None = None
+    # Called once the operation is decided (committed, or refused), whatever its caller was
+    # answered: a Sync caller may have had its 504 long before. Reads behind it wait for this.
+    decided: Callable[[], None] | None = None
 
 
 @dataclass(slots=True)

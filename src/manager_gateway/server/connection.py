@@ -1,9 +1,10 @@
 """One client connection: bytes in, frames out, its session, timers and flow control.
 
-The read path is feed-then-handle. Reads are answered as their frame is handled; requests that go
-through the main loop are answered when their future settles (finance) or their task ends
-(AddUser), so a Sync request held open never blocks the requests behind it. Answers and events
-are queued and written once per loop turn.
+The read path is feed-then-handle. Reads are answered as their frame is handled, unless a write
+received before them on this connection is still undecided: then they are held until it is, so a
+connection reads its own writes. Requests that go through the main loop are answered when their
+future settles (finance) or their task ends (AddUser), so a Sync request held open never blocks
+the requests behind it. Answers and events are queued and written once per loop turn.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+from collections import deque
+from collections.abc import Callable
 from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, cast
@@ -67,6 +70,13 @@ class Connection(asyncio.Protocol):
         self._frame_timer: Cancellable | None = None
         self._partial_since = 0.0
         self._listening = False  # registered with the hub as an event listener
+        # Read-your-writes: this connection's writes not yet decided, by arrival number (a dict
+        # keeps them oldest first), and the reads held behind them with the number of the last
+        # write received before each.
+        self._writes_received = 0
+        self._undecided: dict[int, None] = {}
+        self._held_reads: deque[tuple[int, Envelope, Prepared, float]] = deque()
+        self._release_scheduled = False
         self.address = "?"  # the peer's IP address, once connected
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -99,6 +109,7 @@ class Connection(asyncio.Protocol):
         # Requests already received still reach the main loop (their tasks are not cancelled):
         # a closed connection loses its answers, never its operations. Sync waiters go now.
         self.session.close()
+        self._held_reads.clear()  # nobody to answer; their writes still complete
         self.gateway.waiters.fail_session(self)
         self.gateway.forget(self)
         self.log.info("connection_closed", error=str(exc) if exc else None)
@@ -155,7 +166,8 @@ class Connection(asyncio.Protocol):
         try:
             if self.gateway.draining:
                 raise ShuttingDown()
-            # Only requests that wait for the main loop stay pending; reads answer at once.
+            # Writes stay pending until the main loop decides them; reads answer at once, unless
+            # a write received before them on this connection is still undecided.
             prepared = prepare(
                 self.gateway.services, self.gateway.tokens, self.session, self, request
             )
@@ -163,17 +175,29 @@ class Connection(asyncio.Protocol):
                 self.send(prepared)
                 self.metrics.request(request.command, 200, started)
             elif prepared.is_immediate:
-                self.send(answer_now(prepared))
-                self.metrics.request(request.command, 200, started)
-            elif len(self.tasks) >= self.settings.max_inflight:
+                if not (prepared.spec.reads_state and self._undecided):
+                    self._answer_read(request, prepared, started)
+                elif self._pending() >= self.settings.max_inflight:
+                    raise TooManyRequests()
+                else:
+                    self._held_reads.append((self._writes_received, request, prepared, started))
+            elif self._pending() >= self.settings.max_inflight:
                 prepared.ctx.release_turn()
                 raise TooManyRequests()
             elif prepared.spec.deferred:
-                future = answer_deferred(prepared)
+                decided = prepared.ctx.decided = self._track_write()
+                try:
+                    future = answer_deferred(prepared)
+                except BaseException:
+                    decided()  # refused before it reached the main loop
+                    raise
                 self.tasks.add(future)
                 future.add_done_callback(partial(self._deferred_done, request, started))
             else:
-                task = asyncio.get_running_loop().create_task(self._run(request, prepared, started))
+                decided = prepared.ctx.decided = self._track_write()
+                task = asyncio.get_running_loop().create_task(
+                    self._run(request, prepared, started, decided)
+                )
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
         except GatewayError as error:
@@ -183,7 +207,9 @@ class Connection(asyncio.Protocol):
         except Exception as error:
             self._failed(request, error, started)
 
-    async def _run(self, request: Envelope, prepared: Prepared, started: float) -> None:
+    async def _run(
+        self, request: Envelope, prepared: Prepared, started: float, decided: Callable[[], None]
+    ) -> None:
         try:
             frame = await answer_later(prepared)
         except GatewayError as error:
@@ -194,8 +220,52 @@ class Connection(asyncio.Protocol):
         except Exception as error:
             self._failed(request, error, started)
             return
+        finally:  # decided, even when it failed before reaching the main loop (hashing)
+            decided()
         self.send(frame)
         self.metrics.request(request.command, 200, started)
+
+    def _answer_read(self, request: Envelope, prepared: Prepared, started: float) -> None:
+        try:
+            frame = answer_now(prepared)
+        except GatewayError as error:
+            self._refused(request, error, started)
+            return
+        except Exception as error:
+            self._failed(request, error, started)
+            return
+        self.send(frame)
+        self.metrics.request(request.command, 200, started)
+
+    # -- read-your-writes --------------------------------------------------------------------
+
+    def _pending(self) -> int:
+        """Requests received and not yet answered (max_inflight counts them)."""
+        return len(self.tasks) + len(self._held_reads)
+
+    def _track_write(self) -> Callable[[], None]:
+        """Number a write as it arrives; the callback that marks it decided (safe to call twice:
+        the main loop and a failure path may both report it)."""
+        self._writes_received += 1
+        number = self._writes_received
+        self._undecided[number] = None
+        return partial(self._write_decided, number)
+
+    def _write_decided(self, number: int) -> None:
+        self._undecided.pop(number, None)
+        if self._held_reads and not self._release_scheduled:
+            # Next turn, so the write's own answer (its future's callback) is queued first.
+            self._release_scheduled = True
+            asyncio.get_running_loop().call_soon(self._release_reads)
+
+    def _release_reads(self) -> None:
+        """Answer, in arrival order, the held reads whose earlier writes are all decided."""
+        self._release_scheduled = False
+        oldest_undecided = next(iter(self._undecided), None)
+        held = self._held_reads
+        while held and (oldest_undecided is None or held[0][0] < oldest_undecided):
+            _, request, prepared, started = held.popleft()
+            self._answer_read(request, prepared, started)
 
     def _deferred_done(
         self, request: Envelope, started: float, future: asyncio.Future[Any]
