@@ -6,7 +6,7 @@
 3. Event fan-out, idle sessions and pending Sync (`fanout.py`, `idle.py`, `pending.py`), each
    on a gateway of its own so one scenario's memory and state do not colour the next.
 
-Load connections turn their event channels off (PROTOCOL.md section 5), so gateway and baseline
+Load connections turn their event channels off (docs/protocol.md section 5), so gateway and baseline
 each write one answer frame per request. DIR gets results.json (headline figures, machine,
 settings, every run's full result, the scenarios and each target judged), the load generator's
 plots per run, the bench's own charts, and each server's log. Targets are reported, not

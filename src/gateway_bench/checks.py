@@ -7,7 +7,7 @@ one, cheaply (plain comparisons, no models):
 * a non-200 answer is an *error*, counted by `"<status>/<error code>"`;
 * a 200 answer of a `*Sync` finance command carries the trade record: `login`, `cmd` (6, 7, 8, 9),
   `profit` (== the amount, compared in whole cents, never as floats) and `comment` match the
-  request, and `order` is a positive int (PROTOCOL.md sections 5 and 6);
+  request, and `order` is a positive int (docs/protocol.md sections 5 and 6);
 * a 200 answer of an async finance command is the ack
   `{"accepted": true, "order", "state": 10, "login", "cmd", "amount"}`, matching likewise;
 * `GetAccountByLogin` echoes the login, `GetTradeByOrder` the order.

@@ -1,8 +1,8 @@
 """A small, fast client of the gateway protocol: one `asyncio.Protocol` per TCP connection.
 
 Requests are JSON objects ending in `\\r\\n`; answers are matched by `extID`, never by arrival
-order (PROTOCOL.md sections 1 and 2). A waiter is registered *before* the frame is written, so an
-answer can never overtake its registration; an answer nobody waits for (unknown, late or
+order (docs/protocol.md sections 1 and 2). A waiter is registered *before* the frame is written,
+so an answer can never overtake its registration; an answer nobody waits for (unknown, late or
 duplicate) is counted in `orphans` and dropped. Pushed frames (they carry `event`, no `extID`) are
 counted in `events_received` and handed to `on_event`. Frames that are not JSON objects are
 counted in `bad_frames`.

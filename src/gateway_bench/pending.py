@@ -27,7 +27,7 @@ out long before, so nobody is answered). The main loop then refuses every queued
 USER_NOT_FOUND; their waiters are gone, so again nobody is answered, and the ledger does not
 grow. A sentinel `CreditInSync` for the account, sent after the release, is answered only once
 everything ahead of it is done; a 504 for it is retried under the same extID, which waits for
-the same outcome (PROTOCOL.md section 7). The ledger then holds two records: plug and sentinel.
+the same outcome (docs/protocol.md section 7). The ledger then holds two records: plug and sentinel.
 
 Memory. The gateway's resident memory before the burst (once stalled), at its peak and after
 the drain is reported for the record only: CPython's allocators keep part of what a burst

@@ -3,7 +3,7 @@
 A burst of thousands of simultaneous connects overruns the server's accept backlog (SYNs get
 dropped and retried a second later), so connections are opened at most `parallel` at a time.
 Each session's first request carries the token; the gateway binds the connection to it
-(PROTOCOL.md section 3), so later requests need not.
+(docs/protocol.md section 3), so later requests need not.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from .client import GatewayClient
 from .spec import LoadSpec
 
 EVENT_CHANNELS = ["trade:event", "balance:event"]
-_ACCOUNT = {  # AddUser fields besides the login (PROTOCOL.md section 5)
+_ACCOUNT = {  # AddUser fields besides the login (docs/protocol.md section 5)
     "group": "demo",
     "password": "loadgen-secret",
     "leverage": 100,

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
 
-    # Limits and flow control (PROTOCOL.md section 8).
+    # Limits and flow control (docs/protocol.md section 8).
     max_frame_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
     max_inflight: Annotated[int, Field(ge=1)] = 1024
     max_outbound_bytes: Annotated[int, Field(ge=64 * 1024)] = 8 * 1024 * 1024

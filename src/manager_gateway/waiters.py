@@ -1,4 +1,4 @@
-"""The one registry of deferred Sync responses (PROTOCOL.md section 6).
+"""The one registry of deferred Sync responses (docs/protocol.md section 6).
 
 A waiter is registered before its operation reaches the main loop; the main loop binds it to the
 reserved `order` and awaited event type before the event can fire; the first of event, rejection,

@@ -1,4 +1,4 @@
-"""Amounts as exact decimals (PROTOCOL.md section 4).
+"""Amounts as exact decimals (docs/protocol.md section 4).
 
 A JSON number reaches us as a Python float or int. Its shortest round-trip decimal form is rounded
 to 15 significant digits, which removes binary noise (`0.30000000000000004` -> `0.3`); if it still

@@ -1,4 +1,4 @@
-"""Session types and the access object a valid token grants (PROTOCOL.md section 3)."""
+"""Session types and the access object a valid token grants (docs/protocol.md section 3)."""
 
 from __future__ import annotations
 

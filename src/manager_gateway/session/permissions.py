@@ -1,4 +1,4 @@
-"""Which session types may run which commands (PROTOCOL.md section 3), as data.
+"""Which session types may run which commands (docs/protocol.md section 3), as data.
 
 Group masks and "own login only" are checked against the account a command touches; this table is
 only the first gate, applied once by the dispatcher.
