@@ -1,4 +1,4 @@
-"""PROTOCOL.md's tables written out as data, for tests to check the gateway against.
+"""docs/protocol.md's tables written out as data, for tests to check the gateway against.
 
 Kept apart from the gateway's own tables on purpose: a test that compared the registry with
 itself could not fail.

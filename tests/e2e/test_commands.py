@@ -1,4 +1,4 @@
-"""Every command of PROTOCOL.md section 5 over real TCP, and the envelope errors of section 2.
+"""Every command of docs/protocol.md section 5 over real TCP, and the envelope errors of section 2.
 
 Most tests run on a `FakeClock` frozen at a whole second, so record times can be asserted exactly;
 the clock never moves here, so no Sync timeout can fire behind a test's back.

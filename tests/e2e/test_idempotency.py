@@ -1,4 +1,4 @@
-"""PROTOCOL.md section 7: a retried extID answers the first outcome and applies nothing new."""
+"""docs/protocol.md section 7: a retried extID answers the first outcome and applies nothing new."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Limits and flow control over real TCP (PROTOCOL.md sections 1 and 8)."""
+"""Limits and flow control over real TCP (docs/protocol.md sections 1 and 8)."""
 
 from __future__ import annotations
 

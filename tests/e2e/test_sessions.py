@@ -1,4 +1,4 @@
-"""Tokens, session types and group masks over real TCP (PROTOCOL.md section 3)."""
+"""Tokens, session types and group masks over real TCP (docs/protocol.md section 3)."""
 
 from __future__ import annotations
 

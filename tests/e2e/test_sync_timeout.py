@@ -1,4 +1,4 @@
-"""PROTOCOL.md section 6: Sync timeouts, main-loop rejections and failed commits."""
+"""docs/protocol.md section 6: Sync timeouts, main-loop rejections and failed commits."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The bad-input catalogue (issue 4): every hostile frame gets its documented answer, and nothing
 else happens. After each one the same connection still answers, a session opened before it
-still answers, and no money has moved (PROTOCOL.md sections 1, 2, 4, 5 and 8)."""
+still answers, and no money has moved (docs/protocol.md sections 1, 2, 4, 5 and 8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Envelope parsing, frame encoders and the error tree (PROTOCOL.md sections 1 and 2)."""
+"""Envelope parsing, frame encoders and the error tree (docs/protocol.md sections 1 and 2)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from manager_gateway.protocol.errors import (
     SyncTimeout,
 )
 
-# PROTOCOL.md section 2, the error table: code -> status.
+# docs/protocol.md section 2, the error table: code -> status.
 ERROR_TABLE = {
     "INVALID_JSON": 400,
     "INVALID_REQUEST": 400,

@@ -1,4 +1,4 @@
-"""Settings: defaults of PROTOCOL.md section 8, and env < TOML file < command-line precedence."""
+"""Settings: defaults of docs/protocol.md section 8, and env < TOML file < command-line precedence."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def write_toml(tmp_path: Path, text: str) -> Path:
 
 
 def test_protocol_defaults() -> None:
-    """With nothing configured the limits are those of PROTOCOL.md sections 1, 6, 7 and 8."""
+    """With nothing configured the limits are those of docs/protocol.md sections 1, 6, 7 and 8."""
     settings = load_settings()
     assert settings.max_frame_bytes == 1024 * 1024
     assert settings.max_inflight == 1024
@@ -43,7 +43,7 @@ def test_protocol_defaults() -> None:
 
 
 def test_default_groups() -> None:
-    """The embedded default group is `demo`, USD, 2 digits (PROTOCOL.md section 5)."""
+    """The embedded default group is `demo`, USD, 2 digits (docs/protocol.md section 5)."""
     settings = load_settings()
     assert settings.groups == DEFAULT_GROUPS
     assert [g.to_wire() for g in settings.groups] == [

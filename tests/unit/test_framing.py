@@ -1,4 +1,4 @@
-"""FrameDecoder: bytes in, frames out (PROTOCOL.md section 1), with no I/O involved."""
+"""FrameDecoder: bytes in, frames out (docs/protocol.md section 1), with no I/O involved."""
 
 from __future__ import annotations
 

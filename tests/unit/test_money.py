@@ -1,4 +1,4 @@
-"""Amounts as exact decimals (PROTOCOL.md section 4): parse_amount and quantize_amount."""
+"""Amounts as exact decimals (docs/protocol.md section 4): parse_amount and quantize_amount."""
 
 from __future__ import annotations
 

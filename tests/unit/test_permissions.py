@@ -1,4 +1,4 @@
-"""The dispatch table against the role table of PROTOCOL.md section 3, written out as data."""
+"""The dispatch table against the role table of docs/protocol.md section 3, written out as data."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def allowed(command: str, session_type: SessionType) -> bool:
 
 
 def test_command_set_matches_protocol() -> None:
-    """The gateway implements exactly the commands PROTOCOL.md lists, no more and no fewer."""
+    """The gateway implements exactly the commands docs/protocol.md lists, no more and no fewer."""
     assert set(ALL_COMMANDS) == set(PROTOCOL_ROLES)
     assert len(PROTOCOL_ROLES) == 23
 
@@ -39,7 +39,7 @@ def test_health_check_is_outside_the_role_table() -> None:
 @pytest.mark.parametrize("session_type", list(SessionType), ids=lambda t: t.name)
 @pytest.mark.parametrize("command", sorted(PROTOCOL_ROLES))
 def test_role_table_cell(command: str, session_type: SessionType) -> None:
-    """Each (command, session type) cell matches PROTOCOL.md section 3."""
+    """Each (command, session type) cell matches docs/protocol.md section 3."""
     assert allowed(command, session_type) is (session_type in PROTOCOL_ROLES[command])
 
 
@@ -64,7 +64,7 @@ def test_changes_state_exactly(command: str) -> None:
 
 
 def test_state_changing_set() -> None:
-    """The set of state-changing rows is exactly the 13 of PROTOCOL.md section 7."""
+    """The set of state-changing rows is exactly the 13 of docs/protocol.md section 7."""
     assert {name for name, spec in COMMANDS.items() if spec.changes_state} == STATE_CHANGING
     assert len(STATE_CHANGING) == 13
 

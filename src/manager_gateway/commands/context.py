@@ -52,7 +52,7 @@ class RequestContext:
     decided: Callable[[], None] | None = None
 
     def digest(self, data: CommandData) -> str:
-        """A keyed hash of the command and its validated `data` (PROTOCOL.md section 7).
+        """A keyed hash of the command and its validated `data` (docs/protocol.md section 7).
 
         The validated model is already normalised (unknown fields dropped, amounts in one
         canonical Decimal form) and its fields keep their declared order, so its `__dict__`
