@@ -1,4 +1,4 @@
-"""Pushed events over real TCP (docs/protocol.md section 6): what follows a change, and who hears it.
+"""Pushed events over real TCP (docs/protocol.md section 6): what follows a change, who hears it.
 
 A session that must hear nothing is probed without sleeping: once the allowed sessions have the
 event, a HealthCheck sent on the excluded session is answered after anything already queued for

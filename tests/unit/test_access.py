@@ -1,4 +1,4 @@
-"""Group masks, who sees which account, and a session's token binding (docs/protocol.md section 3)."""
+"""Group masks, who sees which account, a session's token binding (docs/protocol.md section 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Settings: defaults of docs/protocol.md section 8, and env < TOML file < command-line precedence."""
+"""Settings: defaults of docs/protocol.md section 8; env < TOML file < command line precedence."""
 
 from __future__ import annotations
 

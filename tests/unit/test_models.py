@@ -1,4 +1,4 @@
-"""Command data models (docs/protocol.md sections 2, 4, 5): strict types, ranges, field-named errors."""
+"""Command data models (docs/protocol.md sections 2, 4, 5): strict types, ranges, named errors."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ EVENT_CHANNELS = frozenset({TRADE_EVENT, BALANCE_EVENT})
 
 
 class Session:
-    """Authentication state and subscriptions of one connection (docs/protocol.md sections 3 and 5)."""
+    """Authentication state and subscriptions of one connection (docs/protocol.md, 3 and 5)."""
 
     __slots__ = (
         "access",
