@@ -118,7 +118,10 @@ async def test_ledger_verify_passes_on_a_consistent_ledger(
     done = cli("ledger", "verify", "--data-dir", data_dir, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    assert lines == ["accounts=2 orders=3 next_order=4 idempotency_keys=6", "ledger consistent"]
+    assert lines == [
+        "accounts=2 orders=3 next_order=4 idempotency_keys=6 settlement_journal=0",
+        "ledger consistent",
+    ]
 
 
 def tamper(data_dir: Path, sql: str) -> None:
@@ -193,7 +196,16 @@ def test_serve_with_the_metrics_port_taken_exits_with_a_message(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         monkeypatch.setenv("GATEWAY_METRICS_PORT", str(taken.getsockname()[1]))
-        done = cli("serve", "--data-dir", tmp_path / "data", "--port", "0", cwd=tmp_path)
+        done = cli(
+            "serve",
+            "--data-dir",
+            tmp_path / "data",
+            "--port",
+            "0",
+            "--settlement-port",
+            "0",
+            cwd=tmp_path,
+        )
     assert done.returncode == 2
     assert "Address already in use" in done.stderr
     assert "listening" not in done.stdout

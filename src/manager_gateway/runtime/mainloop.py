@@ -59,6 +59,7 @@ class MainLoop:
         groups: dict[str, GroupConfig],
         idempotency_ttl_s: int,
         max_batch: int = 4096,
+        journal_retention_s: float = 120 * 86400,
         observer: BatchObserver | None = None,
     ) -> None:
         self._observer = observer
@@ -68,6 +69,7 @@ class MainLoop:
         self._clock = clock
         self._groups = groups
         self._ttl_s = idempotency_ttl_s
+        self._journal_retention_s = journal_retention_s
         self._max_batch = max_batch
         # Submitted, not yet taken into a batch. A plain list and a wake-up future instead of an
         # asyncio.Queue: one append per operation, one swap per batch (the Queue's per-item
@@ -212,7 +214,10 @@ class MainLoop:
             self._observer.batch_committed(len(applied), commit_ms / 1000)
         self.state.apply(tx)
         for op, effect in applied:
-            self._announce(op, effect)
+            try:
+                self._announce(op, effect)
+            except Exception:  # committed already: one bad announcement must not stop the writer
+                log.exception("announce_failed", command=op.command, ext_id=op.key[1])
         # One line per batch, not per request: batches grow with load, so this stays cheap.
         log.info(
             "batch_committed",
@@ -224,6 +229,12 @@ class MainLoop:
 
     def _apply(self, tx: Transaction, op: Operation, now: float) -> Effect | None:
         """Apply `op` to `tx`; None when it is a retry answered from its key."""
+        if op.decide is not None:
+            effect = op.decide(tx, op, now)
+            if effect.durable:
+                self._settle(op, effect.outcome)
+                return None
+            return effect
         entry = self.state.key(op.key)
         if entry is not None and entry.created_at + self._ttl_s > now:
             if entry.command != op.command or entry.digest != op.digest:
@@ -305,7 +316,7 @@ class MainLoop:
             if follower.future is not None and not follower.future.done():
                 follower.future.set_result(effect.outcome[follower.answer])
         record = effect.record
-        if record is not None and effect.event_type is not None:
+        if record is not None and effect.event_type is not None and effect.account is not None:
             data_json = orjson.dumps(effect.outcome["record"])
             self._waiters.on_trade_event(effect.event_type, record.order, data_json)
             self._sink.trade_event(effect.event_type, effect.account, data_json)
@@ -316,6 +327,10 @@ class MainLoop:
         for key in self.state.keys_created_before(cutoff):
             if key not in self.state.uncommitted:
                 tx.batch.expired_keys.append(key)
+        journal_cutoff = now - self._journal_retention_s
+        for journal_key in self.state.journal_created_before(journal_cutoff):
+            if journal_key not in tx.journal:
+                tx.batch.pruned_journal.append(journal_key)
 
     # -- reads (committed state only) --------------------------------------------------------
 

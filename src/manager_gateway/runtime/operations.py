@@ -39,6 +39,7 @@ class OpKind(Enum):
     FINANCE = "finance"
     DELETE = "delete"
     ADD_USER = "add_user"
+    SETTLEMENT = "settlement"  # decided by its own `decide` function, keyed by its journal
 
 
 @dataclass(slots=True, eq=False)
@@ -60,6 +61,9 @@ class Operation:
     # Called once the operation is decided (committed, or refused), whatever its caller was
     # answered: a Sync caller may have had its 504 long before. Reads behind it wait for this.
     decided: Callable[[], None] | None = None
+    # How a SETTLEMENT operation is applied (the settlement package's rules; the runtime does not
+    # know them). Such operations are keyed by their journal, not by (subject, extID).
+    decide: Callable[[Transaction, Operation, float], Effect] | None = None
 
 
 @dataclass(slots=True)
@@ -69,7 +73,10 @@ class Effect:
     outcome: dict[str, Any]
     record: FinanceRecord | None
     event_type: int | None
-    account: Account
+    account: Account | None  # set when `record` is
+    # The outcome was committed by an earlier batch (a settlement replay): answer it at once,
+    # with nothing to write.
+    durable: bool = False
 
 
 def _visible_account(tx: Transaction, access: Access, login: int) -> Account:

@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from .journal import JournalRow
 from .records import Account, FinanceRecord
 from .storage import Batch, IdempotencyKey, Snapshot, StorageError
 
@@ -64,7 +65,29 @@ CREATE TABLE IF NOT EXISTS idempotency (
     created_at REAL NOT NULL,
     PRIMARY KEY (subject, ext_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS settlement_journal (
+    company INTEGER NOT NULL,
+    space TEXT NOT NULL,
+    number TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    code TEXT NOT NULL,
+    login INTEGER,
+    finance_order INTEGER,
+    amount TEXT NOT NULL,
+    reverses TEXT,
+    cancelled_by TEXT,
+    answer TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (company, space, number)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS settlement_journal_by_time ON settlement_journal (created_at);
 """
+
+JOURNAL_COLUMNS = (
+    "company, space, number, kind, fingerprint, code, login, finance_order, amount, reverses,"
+    " cancelled_by, answer, created_at"
+)
 
 _ACCOUNT_COLUMNS = (
     "login, grp, name, email, password_hash, leverage, enable, currency, digits, balance, credit,"
@@ -141,6 +164,17 @@ def _record(row: tuple[Any, ...]) -> FinanceRecord:
     )
 
 
+def journal_row(row: tuple[Any, ...]) -> JournalRow:
+    """A journal row as read from the table (its answer is stored as text)."""
+    (company, space, number, kind, fingerprint, code, login, order, amount, reverses,
+     cancelled_by, answer, created_at) = row  # fmt: skip
+    return JournalRow(
+        int(company), str(space), str(number), str(kind), str(fingerprint), str(code),
+        None if login is None else int(login), None if order is None else int(order),
+        str(amount), reverses, cancelled_by, str(answer).encode(), float(created_at),
+    )  # fmt: skip
+
+
 def connect(
     path: Path, synchronous: str = "FULL", busy_timeout_ms: int = 5000
 ) -> sqlite3.Connection:
@@ -189,10 +223,16 @@ class SQLiteLedger:
                 " ORDER BY created_at"
             )
         ]
+        journal = [
+            journal_row(row)
+            for row in db.execute(
+                f"SELECT {JOURNAL_COLUMNS} FROM settlement_journal ORDER BY created_at"
+            )
+        ]
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         next_order = max(int(meta.get("next_order", 1)), max(records, default=0) + 1)
         next_login = int(meta.get("next_login", 1000))
-        return Snapshot(accounts, records, keys, next_order, next_login)
+        return Snapshot(accounts, records, keys, journal, next_order, next_login)
 
     def commit(self, batch: Batch) -> None:
         db = self._db
@@ -228,6 +268,21 @@ class SQLiteLedger:
                                 k.created_at,
                             )
                             for k in batch.keys
+                        ],
+                    )
+                if batch.pruned_journal:
+                    db.executemany(
+                        "DELETE FROM settlement_journal"
+                        " WHERE company = ? AND space = ? AND number = ?",
+                        batch.pruned_journal,
+                    )
+                if batch.journal:
+                    db.executemany(
+                        f"INSERT OR REPLACE INTO settlement_journal ({JOURNAL_COLUMNS})"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        [
+                            (*row[:11], row.answer_json.decode(), row.created_at)
+                            for row in batch.journal
                         ],
                     )
                 db.executemany(

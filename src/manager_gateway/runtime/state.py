@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
+from .journal import JournalKey, JournalRow
 from .records import Account, FinanceRecord
 from .storage import Batch, Snapshot
 
@@ -63,6 +64,9 @@ class State:
         # Keys applied in the batch being committed, with the retries that arrived meanwhile and
         # wait for its outcome. A key in `_keys` but not here is committed.
         self.uncommitted: dict[tuple[str, str], list[Operation]] = {}
+        # Settlement requests by (company, space, number), oldest first (rows are updated in
+        # place when cancelled, which keeps their position).
+        self.journal: dict[JournalKey, JournalRow] = {row.key: row for row in snapshot.journal}
         self.next_order = snapshot.next_order
         self.next_login = snapshot.next_login
 
@@ -107,7 +111,17 @@ class State:
             records[record.order] = tuple(record)
         for key in tx.batch.expired_keys:
             self._keys.pop(key, None)
+        for journal_key in tx.batch.pruned_journal:
+            self.journal.pop(journal_key, None)
+        self.journal.update(tx.journal)
         self.next_order, self.next_login = tx.batch.next_order, tx.batch.next_login
+
+    def journal_created_before(self, cutoff: float) -> Iterator[JournalKey]:
+        """Journal rows older than `cutoff`, oldest first."""
+        for key, row in self.journal.items():
+            if row.created_at > cutoff:
+                return
+            yield key
 
     def find_records(
         self,
@@ -134,6 +148,7 @@ class Transaction:
         self._state = state
         self.accounts: dict[int, Account] = {}
         self.records: dict[int, FinanceRecord] = {}
+        self.journal: dict[JournalKey, JournalRow] = {}
         self.batch = Batch(
             accounts=self.accounts, next_order=state.next_order, next_login=state.next_login
         )
@@ -146,6 +161,14 @@ class Transaction:
 
     def put_account(self, account: Account) -> None:
         self.accounts[account.login] = account
+
+    def journal_row(self, key: JournalKey) -> JournalRow | None:
+        return self.journal.get(key) or self._state.journal.get(key)
+
+    def put_journal(self, row: JournalRow) -> None:
+        """Insert or replace a journal row, in the same commit as the records of this batch."""
+        self.journal[row.key] = row
+        self.batch.journal.append(row)
 
     def put_record(self, record: FinanceRecord) -> None:
         self.records[record.order] = record

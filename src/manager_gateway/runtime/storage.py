@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from .journal import JournalKey, JournalRow
 from .records import Account, FinanceRecord
 
 
@@ -33,6 +34,8 @@ class Batch:
     records: list[FinanceRecord] = field(default_factory=list)
     keys: list[IdempotencyKey] = field(default_factory=list)
     expired_keys: list[tuple[str, str]] = field(default_factory=list)
+    journal: list[JournalRow] = field(default_factory=list)  # inserted or replaced, in order
+    pruned_journal: list[JournalKey] = field(default_factory=list)
     next_order: int = 1
     next_login: int = 1
 
@@ -44,6 +47,7 @@ class Snapshot:
     accounts: dict[int, Account]
     records: dict[int, FinanceRecord]  # latest version of each order
     keys: list[IdempotencyKey]  # oldest first
+    journal: list[JournalRow]  # oldest first
     next_order: int
     next_login: int
 

@@ -2,7 +2,9 @@
 
 Checks: SQLite's own integrity; every order's versions run 1..n with one login and one kind; each
 account's balance and credit equal the sum of its live (not deleted) records and are not negative;
-the order sequence is ahead of every order; every idempotency key points at what it answered.
+the order sequence is ahead of every order; every idempotency key points at what it answered;
+every settlement adjustment or transfer that moved money has its record, and every reversal its
+deletion.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def _verify(db: sqlite3.Connection) -> tuple[list[str], str]:
         problems.append(f"sqlite integrity_check: {integrity}")
 
     latest_profit: dict[int, Decimal] = {}
+    first_profit: dict[int, Decimal] = {}
     versions: dict[int, tuple[int, int, bool, int]] = {}  # order -> (version, login, credit, state)
     for order, version, login, cmd, state, profit in db.execute(
         "SELECT ord, version, login, cmd, state, profit FROM records ORDER BY ord, version"
@@ -50,6 +53,7 @@ def _verify(db: sqlite3.Connection) -> tuple[list[str], str]:
             problems.append(f"order {order}: login or kind changed between versions")
         versions[order] = (version, login, credit, state)
         latest_profit[order] = Decimal(profit)
+        first_profit.setdefault(order, Decimal(profit))
 
     expected_money: dict[int, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
     for order, (_, login, credit, state) in versions.items():
@@ -98,8 +102,57 @@ def _verify(db: sqlite3.Connection) -> tuple[list[str], str]:
         else:
             problems.append(f"{name}: outcome names neither an order nor a login")
 
+    journal = _verify_journal(db, versions, first_profit, problems)
     summary = (
         f"accounts={len(accounts)} orders={len(versions)} next_order={next_order} "
-        f"idempotency_keys={keys}"
+        f"idempotency_keys={keys} settlement_journal={journal}"
     )
     return problems, summary
+
+
+def _verify_journal(
+    db: sqlite3.Connection,
+    versions: dict[int, tuple[int, int, bool, int]],
+    first_profit: dict[int, Decimal],
+    problems: list[str],
+) -> int:
+    """Settlement journal against the records; the number of rows checked."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'settlement_journal'").fetchone():
+        return 0  # a ledger from before settlement existed
+    rows = {
+        (company, space, number): (kind, code, login, order, Decimal(amount), reverses, cancelled)
+        for company, space, number, kind, code, login, order, amount, reverses, cancelled in (
+            db.execute(
+                "SELECT company, space, number, kind, code, login, finance_order, amount,"
+                " reverses, cancelled_by FROM settlement_journal"
+            )
+        )
+    }
+    for (company, space, number), row in rows.items():
+        kind, code, login, order, amount, reverses, cancelled_by = row
+        name = f"settlement {kind} {number!r} of company {company}"
+        if order is None:
+            if kind != "tombstone" and code == "0" and amount != 0:
+                problems.append(f"{name}: moved {amount} with no finance record")
+            continue
+        record = versions.get(order)
+        if record is None:
+            problems.append(f"{name}: finance order {order} is missing")
+            continue
+        deleted = record[3] == TradeState.DELETED
+        if record[1] != login:
+            problems.append(f"{name}: finance order {order} belongs to login {record[1]}")
+        if kind in ("adjustment", "transfer"):
+            if first_profit[order] != amount:
+                problems.append(
+                    f"{name}: moved {amount}, but order {order} was made with {first_profit[order]}"
+                )
+            if cancelled_by is not None and not deleted:
+                problems.append(f"{name}: cancelled by {cancelled_by!r}, order {order} not deleted")
+        elif kind == "cancel":
+            target = rows.get((company, space, reverses))
+            if not deleted:
+                problems.append(f"{name}: reversed order {order}, which is not deleted")
+            if target is None or target[6] != number:
+                problems.append(f"{name}: reversed {reverses!r}, which is not marked cancelled")
+    return len(rows)
