@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -30,6 +32,7 @@ DEMO_USER = {
 }
 
 POLL_ROUNDS = 500  # each round is a real request round trip, not a sleep
+PORT_ATTEMPTS = 5
 
 
 def money(login: int, balance: float, credit: float) -> dict[str, Any]:
@@ -202,6 +205,26 @@ def ledger(gw: Harness) -> GatedLedger:
     return storage
 
 
+def unused_port() -> int:
+    """A TCP port free at the time of the call."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def with_free_port(make_gateway: GatewayFactory, setting: str, **settings: Any) -> Harness:
+    """A gateway whose `setting` (metrics_port, settlement_port) is a port that was free a moment
+    ago, another if it was taken since: 0 means off for those, so the gateway cannot pick one."""
+    for _ in range(PORT_ATTEMPTS):
+        try:
+            return await make_gateway(**{setting: unused_port()}, **settings)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    raise AssertionError(f"no free port for {setting}")
+
+
 @pytest.fixture
 def frozen_clock() -> FakeClock:
     """A FakeClock frozen at the current whole second, so tokens issued from real time stay
@@ -228,6 +251,8 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
             port=0,
             data_dir=data_dir,
             ledger_synchronous=settings.pop("ledger_synchronous", "NORMAL"),
+            # The settlement listener only where a test asks for it (a free port of its own).
+            settlement_port=settings.pop("settlement_port", 0),
             **settings,
         )
         if gated:

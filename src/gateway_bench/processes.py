@@ -119,7 +119,8 @@ def start_gateway(
     ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> GatewayProcess:
     """`manager-gateway serve` on a free port with `data_dir`, logs (JSON lines) to `log_path`."""
-    settings = {"log_format": "json", **(settings or {})}
+    # The settlement listener is off unless asked for: its default port would be shared.
+    settings = {"log_format": "json", "settlement_port": "0", **(settings or {})}
     command = gateway_command("serve", "--data-dir", str(data_dir), "--host", host, "--port", "0")
     popen, offset = _spawn(command, log_path, gateway_env(settings))
     bound_host, port = _wait_ready(

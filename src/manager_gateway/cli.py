@@ -1,4 +1,4 @@
-"""`manager-gateway`: serve, token, ledger verify."""
+"""`manager-gateway`: serve, token, ledger verify, settlement report / simulate / check."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from .runtime.verify import verify_ledger
 from .server.app import Gateway, signing_secret
 from .session.access import SessionType
 from .session.tokens import TokenService
+from .settlement.report import journal_rows, parse_time, write_report
 
 #: `serve`'s exit status when shutdown had to give up on a ledger that did not finish.
 EXIT_LEDGER_ABANDONED = 1
@@ -81,6 +82,9 @@ async def _serve(settings: Settings) -> bool:
         loop.add_signal_handler(sig, stop.set)
     # Scripts (tools/serve, the tests) wait for this line to know the port is open.
     print(f"manager-gateway listening on {settings.host}:{gateway.port}", flush=True)
+    if gateway.settlement_port:
+        where = f"{settings.settlement_host}:{gateway.settlement_port}"
+        print(f"manager-gateway settlement listening on {where}", flush=True)
     await stop.wait()
     await gateway.shutdown()
     return gateway.ledger_finished
@@ -91,6 +95,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         Path(args.config) if getattr(args, "config", None) else None,
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
+        settlement_port=getattr(args, "settlement_port", None),
         data_dir=Path(args.data_dir) if args.data_dir else None,
     )
 
@@ -133,6 +138,31 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settlement_report(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    since = parse_time(args.since) if args.since else None
+    until = parse_time(args.until) if args.until else None
+    rows = journal_rows(Path(settings.data_dir), since, until)
+    count = write_report(rows, sys.stdout, args.format)
+    print(f"{count} journal row(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_settlement_tool(args: argparse.Namespace) -> int:
+    """simulate / check: the platform's side, in the load harness (the bench extra)."""
+    try:
+        from gateway_bench.settlement import kit, simulate
+    except ImportError as exc:
+        print(
+            f"manager-gateway: settlement {args.settlement_command} needs the bench extra "
+            f"(pip install 'manager-gateway[bench]'): {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    tool = simulate if args.settlement_command == "simulate" else kit
+    return int(tool.main(args.rest))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="manager-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="ledger and secret directory (default ./var)")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8080, 0 = any free port)")
+    serve.add_argument(
+        "--settlement-port", type=int, help="settlement HTTP port (default 8081, 0 = off)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", help="print a signed session token")
@@ -159,6 +192,23 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--config", help="TOML settings file")
     verify.add_argument("--data-dir", help="the data directory to check")
     verify.set_defaults(func=cmd_ledger_verify)
+
+    settlement = sub.add_parser("settlement", help="External Settlement tools")
+    settlement_sub = settlement.add_subparsers(dest="settlement_command", required=True)
+    report = settlement_sub.add_parser("report", help="export the settlement journal")
+    report.add_argument("--config", help="TOML settings file")
+    report.add_argument("--data-dir", help="the data directory to read")
+    report.add_argument("--since", help="ISO date or time (UTC unless given), inclusive")
+    report.add_argument("--until", help="ISO date or time (UTC unless given), exclusive")
+    report.add_argument("--format", choices=("csv", "json"), default="csv")
+    report.set_defaults(func=cmd_settlement_report)
+    for name, what in (
+        ("simulate", "play the trading platform against a wallet URL"),
+        ("check", "run the conformance cases against a wallet URL"),
+    ):
+        tool = settlement_sub.add_parser(name, help=what, add_help=False)
+        tool.add_argument("rest", nargs=argparse.REMAINDER)
+        tool.set_defaults(func=cmd_settlement_tool)
     return parser
 
 

@@ -7,11 +7,12 @@ is documented in `config/gateway.example.toml`.
 
 from __future__ import annotations
 
+import ipaddress
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -44,6 +45,17 @@ class GroupConfig(BaseModel):
 
 
 DEFAULT_GROUPS = (GroupConfig(name="demo", currency="USD", digits=2),)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -86,9 +98,50 @@ class Settings(BaseSettings):
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
     metrics_host: str = "127.0.0.1"
 
+    # External Settlement: the platform's wallet webhooks over HTTP (docs/settlement.md).
+    settlement_host: str = "127.0.0.1"
+    settlement_port: Annotated[int, Field(ge=0, le=65535)] = 8081  # 0 = off
+    settlement_tls_cert_file: Path | None = None
+    settlement_tls_key_file: Path | None = None
+    settlement_path_prefix: Annotated[str, Field(pattern=r"^(/[A-Za-z0-9._~-]+)*$")] = "/api"
+    # Who may call: CIDRs. The platform's spec has no authentication; it advises an IP list.
+    settlement_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    settlement_company_ids: tuple[int, ...] = ()  # empty: any companyId
+    settlement_token: str | None = None  # when set: "Authorization: Bearer <token>" required
+    settlement_max_skew_s: Annotated[float, Field(gt=0)] = 300.0
+    # Answer within this or say SERVICE_UNAVAILABLE: inside the platform's 3 s timeout.
+    settlement_answer_budget_ms: Annotated[int, Field(ge=1, le=60_000)] = 2500
+    settlement_groups: tuple[str, ...] = ("*",)  # group masks open to settlement
+    settlement_field: Literal["credit", "balance"] = "credit"
+    settlement_overtrading: Literal["deduct_available", "deduct", "ignore"] = "deduct_available"
+    settlement_retention_days: Annotated[float, Field(gt=0)] = 120.0
+
     # Logs.
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("settlement_allow")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)  # a ValueError names the bad one
+        return value
+
+    @model_validator(mode="after")
+    def _settlement_not_open_by_accident(self) -> Settings:
+        """A listener on a public address that admits every caller must be meant."""
+        if self.settlement_port == 0 or _is_loopback(self.settlement_host):
+            return self
+        networks = [ipaddress.ip_network(cidr, strict=False) for cidr in self.settlement_allow]
+        if any(net.prefixlen == 0 for net in networks) and "0.0.0.0/0" not in self.settlement_allow:
+            raise ValueError(
+                "settlement_allow admits every address on a non-loopback settlement_host; "
+                "name 0.0.0.0/0 in it explicitly if that is meant"
+            )
+        return self
+
+    def settlement_networks(self) -> tuple[IPNetwork, ...]:
+        return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in self.settlement_allow)
 
     def groups_by_name(self) -> dict[str, GroupConfig]:
         return {group.name: group for group in self.groups}

@@ -90,6 +90,8 @@ class Server:
                 str(data_dir),
                 "--port",
                 "0",
+                "--settlement-port",
+                "0",
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
                 cwd=data_dir.parent,

@@ -20,14 +20,13 @@ import pytest
 
 from manager_gateway.session.access import SessionType
 
-from ..conftest import Client, GatewayFactory, Harness, ledger, wait_until
+from ..conftest import Client, GatewayFactory, Harness, ledger, wait_until, with_free_port
 from ..fakes import FakeClock
 from ..prometheus_text import Families, parse, sample
 
 LOGIN = 7001
 CREDIT = {"login": LOGIN, "amount": 300.0, "comment": "Promotion credit"}
 SCRAPE_TIMEOUT_S = 10
-PORT_ATTEMPTS = 5
 EVENTS = ["trade:event", "balance:event"]
 LATENCY = "gateway_request_duration_seconds"
 BATCH_OPERATIONS = "gateway_batch_operations"
@@ -36,24 +35,9 @@ ROUNDS = 5
 CLIENTS_PER_ROUND = 8
 
 
-def unused_port() -> int:
-    """A TCP port free at the time of the call."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def metrics_gateway(make_gateway: GatewayFactory, **settings: Any) -> Harness:
-    """A gateway serving metrics on a port that was free a moment ago (another if taken since:
-    metrics_port 0 means off, so the gateway cannot pick one itself)."""
-    for _ in range(PORT_ATTEMPTS):
-        try:
-            return await make_gateway(metrics_port=unused_port(), **settings)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-    raise AssertionError("no free port for the metrics endpoint")
+    """A gateway serving metrics on a port that was free a moment ago."""
+    return await with_free_port(make_gateway, "metrics_port", **settings)
 
 
 def metrics_port(gw: Harness) -> int:

@@ -47,6 +47,8 @@ async def test_flood_past_the_file_limit_keeps_the_listener_and_sessions(tmp_pat
         str(tmp_path / "data"),
         "--port",
         "0",
+        "--settlement-port",
+        "0",
         stdout=asyncio.subprocess.PIPE,
         stderr=log,
         preexec_fn=_limit_files,

@@ -158,6 +158,9 @@ def test_families_have_names_types_and_help() -> None:
         "gateway_events_pushed": "counter",
         "gateway_batch_operations": "histogram",
         "gateway_batch_commit_seconds": "histogram",
+        "gateway_settlement_requests": "counter",
+        "gateway_settlement_cancels": "counter",
+        "gateway_settlement_request_duration_seconds": "histogram",
         "gateway_ledger_commit_failures": "counter",
     }  # the gauges read from a gateway come with watch() (tests/e2e/test_metrics.py)
 

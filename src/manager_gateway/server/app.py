@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import structlog
+from aiohttp import web
 
 from ..clock import Clock, LoopClock
 from ..commands.context import Services
@@ -21,7 +22,11 @@ from ..protocol.errors import ShuttingDown
 from ..runtime.mainloop import MainLoop
 from ..runtime.sqlite_ledger import SQLiteLedger
 from ..runtime.storage import Storage
+from ..session.access import Access, SessionType
 from ..session.tokens import TokenService, load_or_create_secret
+from ..settlement.http import build_app
+from ..settlement.rules import Rules
+from ..settlement.service import ServiceConfig, SettlementService
 from ..waiters import WaiterRegistry
 from .connection import Connection
 from .hub import EventHub
@@ -32,6 +37,14 @@ log = structlog.get_logger("manager_gateway.server")
 
 #: Concurrent AddUser password hashes: scrypt holds 16 MiB each; two keep both cores busy.
 PASSWORD_HASH_THREADS = 2
+
+
+def _tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    if cert is None or key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
 
 
 def signing_secret(settings: Settings) -> bytes:
@@ -69,6 +82,7 @@ class Gateway:
             groups,
             settings.idempotency_ttl_s,
             settings.max_batch,
+            journal_retention_s=settings.settlement_retention_days * 86400,
             observer=self.metrics,
         )
         self._password_hasher = ThreadPoolExecutor(
@@ -82,6 +96,9 @@ class Gateway:
             hashlib.sha256(b"idempotency-digest\0" + secret).digest(),
             self._password_hasher,
         )
+        self.settlement = self._settlement_service(secret)
+        self._settlement_runner: web.AppRunner | None = None
+        self.settlement_port = 0
         self.auth_throttle = AuthThrottle(
             self.clock, settings.auth_penalty_s, settings.auth_penalty_max_s
         )
@@ -93,6 +110,52 @@ class Gateway:
         self.port = 0
         self.metrics.watch(self)
         self.metrics_server: MetricsServer | None = None
+
+    def _settlement_service(self, secret: bytes) -> SettlementService:
+        settings = self.settings
+        # The settlement API acts on every account its groups open to it, as a manager would.
+        access = Access("settlement", SessionType.MANAGER, settings.settlement_groups, float("inf"))
+        rules = Rules(settings.settlement_field, settings.settlement_overtrading, access)
+        config = ServiceConfig(
+            frozenset(settings.settlement_company_ids),
+            settings.settlement_token,
+            settings.settlement_max_skew_s,
+            settings.settlement_answer_budget_ms / 1000,
+        )
+        digest_key = hashlib.sha256(b"settlement-fingerprint\0" + secret).digest()
+        return SettlementService(
+            config, self.runtime, rules, self.clock, digest_key, access, lambda: self.draining
+        )
+
+    async def _start_settlement(self) -> None:
+        """The settlement HTTP listener, on this loop; off when settlement_port is 0."""
+        settings = self.settings
+        if not settings.settlement_port:
+            return
+        app = build_app(
+            self.settlement,
+            settings.settlement_path_prefix,
+            settings.settlement_networks(),
+            self.metrics,
+        )
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False,
+            shutdown_timeout=settings.shutdown_timeout_s,
+        )  # fmt: skip
+        await runner.setup()
+        self._settlement_runner = runner
+        site = web.TCPSite(
+            runner, settings.settlement_host, settings.settlement_port,
+            ssl_context=_tls(settings.settlement_tls_cert_file, settings.settlement_tls_key_file),
+            backlog=1024, reuse_address=True,
+        )  # fmt: skip
+        await site.start()
+        self.settlement_port = int(runner.addresses[0][1])  # the bound port, when 0 was asked
+
+    async def _stop_settlement(self) -> None:
+        if self._settlement_runner is not None:
+            await self._settlement_runner.cleanup()
+            self._settlement_runner = None
 
     @property
     def connections(self) -> set[Connection]:
@@ -106,10 +169,11 @@ class Gateway:
                 lambda: Connection(self),
                 self.settings.host,
                 self.settings.port,
-                ssl=self._tls(),
+                ssl=_tls(self.settings.tls_cert_file, self.settings.tls_key_file),
                 backlog=1024,
                 reuse_address=True,
             )
+            await self._start_settlement()
             if self.settings.metrics_port:
                 self.metrics_server = MetricsServer(
                     self.metrics.registry, self.settings.metrics_host, self.settings.metrics_port
@@ -117,6 +181,7 @@ class Gateway:
         except BaseException:
             if self._server is not None:
                 self._server.close()
+            await self._stop_settlement()
             await self.runtime.stop()  # e.g. a port is taken: close the ledger cleanly
             self._password_hasher.shutdown(wait=False)
             raise
@@ -127,16 +192,9 @@ class Gateway:
             port=self.port,
             data_dir=str(self.settings.data_dir),
             tls=self.settings.tls_cert_file is not None,
+            settlement_port=self.settlement_port or None,
             metrics_port=self.metrics_server.port if self.metrics_server else None,
         )
-
-    def _tls(self) -> ssl.SSLContext | None:
-        cert, key = self.settings.tls_cert_file, self.settings.tls_key_file
-        if cert is None or key is None:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(cert, key)
-        return context
 
     def admit(self, connection: Connection) -> str | None:
         """Take a new connection in; else why it is refused."""
@@ -171,6 +229,7 @@ class Gateway:
         if in_flight:
             await asyncio.wait(in_flight, timeout=self.settings.shutdown_timeout_s)
         self.ledger_finished = await self.runtime.stop(self.settings.shutdown_timeout_s)
+        await self._stop_settlement()  # its requests are decided now: answer them, then close
         self._password_hasher.shutdown(wait=False)  # its requests are done or abandoned
         # Sync requests still waiting (their event never came) are answered 503 before closing.
         self.waiters.fail_all(ShuttingDown())

@@ -42,6 +42,8 @@ from ..commands.registry import ALL_COMMANDS
 from ..protocol.errors import GatewayError
 from ..session.access import SessionType
 from ..session.session import BALANCE_EVENT, TRADE_EVENT
+from ..settlement.codes import Code
+from ..settlement.http import CANCEL, ROUTES
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -66,6 +68,8 @@ DURATION_BUCKETS_S = (
     5.0,
     10.0,
 )
+#: Settlement answers, 1 ms to the platform's 3 s timeout (the answer budget is 2.5 s).
+SETTLEMENT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 3.0)
 #: Operations per committed batch: powers of two up to the default max_batch.
 BATCH_OPERATIONS_BUCKETS = tuple(float(2**n) for n in range(13))
 #: Label of a `command` that is not in the command table, so clients cannot mint label values.
@@ -145,6 +149,9 @@ class Metrics(Collector):
         self.batch_operations = Buckets(BATCH_OPERATIONS_BUCKETS)
         self.commit_seconds = Buckets(DURATION_BUCKETS_S)
         self.commit_failures = 0
+        # Settlement answers by (route, code) and latency by route; keys fixed here.
+        self.settlement_answers = {(route, str(code)): 0 for route in ROUTES for code in Code}
+        self.settlement_latency = {route: Buckets(SETTLEMENT_BUCKETS_S) for route in ROUTES}
         self._gateway: Gateway | None = None
         self.registry.register(self)
         ProcessCollector(registry=self.registry)  # CPU, memory, open fds against max_connections
@@ -165,6 +172,11 @@ class Metrics(Collector):
         """A frame answered without a command (its envelope was unusable)."""
         self.invalid.answers[_STATUS_SLOT[status]] += 1
         self.invalid.latency.observe(perf_counter() - started)
+
+    def settlement_answered(self, route: str, code: str, seconds: float) -> None:
+        """A settlement request was answered with `code` after `seconds`."""
+        self.settlement_answers[(route, code)] += 1
+        self.settlement_latency[route].observe(seconds)
 
     def batch_committed(self, operations: int, commit_s: float) -> None:
         self.batch_operations.observe(operations)
@@ -216,8 +228,38 @@ class Metrics(Collector):
             "Batches the ledger failed to commit (their requests answered 500).",
             self.commit_failures,
         )
+        yield from self._settlement()
         if self._gateway is not None:
             yield from _gateway_gauges(self._gateway)
+            yield from _settlement_gauges(self._gateway)
+
+    def _settlement(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "gateway_settlement_requests",
+            "Settlement requests answered, by route and code.",
+            labels=("route", "code"),
+        )
+        cancels = CounterMetricFamily(
+            "gateway_settlement_cancels",
+            "Cancels answered, by outcome (the cancel route's codes).",
+            labels=("outcome",),
+        )
+        for (route, code), count in list(self.settlement_answers.items()):
+            if count:
+                requests.add_metric((route, code), count)
+                if route == CANCEL:
+                    cancels.add_metric((code,), count)
+        latency = HistogramMetricFamily(
+            "gateway_settlement_request_duration_seconds",
+            "From reading a settlement request to its answer, by route.",
+            labels=("route",),
+        )
+        for route, histogram in self.settlement_latency.items():
+            buckets, total = histogram.snapshot()
+            latency.add_metric((route,), buckets, total)
+        yield requests
+        yield cancels
+        yield latency
 
     def _requests(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -273,6 +315,36 @@ def _gateway_gauges(gateway: Gateway) -> Iterator[Metric]:
         "gateway_slow_consumer_disconnects",
         "Connections closed because their peer stopped reading (max_outbound_bytes).",
         gateway.slow_consumer_disconnects,
+    )
+
+
+def _settlement_gauges(gateway: Gateway) -> Iterator[Metric]:
+    service = gateway.settlement
+    counters = service.rules.counters
+    yield _counter(
+        "gateway_settlement_past_budget",
+        "Settlement requests answered SERVICE_UNAVAILABLE because the answer budget ran out.",
+        service.past_budget,
+    )
+    yield _counter(
+        "gateway_settlement_tombstones",
+        "Cancels of numbers never received: tombstones written.",
+        counters.tombstones,
+    )
+    yield _counter(
+        "gateway_settlement_late_adjustments",
+        "Adjustments refused REQUEST_CANCELLED because a tombstone had blocked their number.",
+        counters.late_after_tombstone,
+    )
+    yield _counter(
+        "gateway_settlement_reversals_refused",
+        "Cancels refused because the reversal would take the wallet below zero.",
+        counters.reversals_refused,
+    )
+    yield GaugeMetricFamily(
+        "gateway_settlement_journal_rows",
+        "Rows in the settlement journal (tombstones included).",
+        value=len(gateway.runtime.state.journal),
     )
 
 
