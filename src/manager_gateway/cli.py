@@ -148,19 +148,23 @@ def cmd_settlement_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_settlement_tool(args: argparse.Namespace) -> int:
-    """simulate / check: the platform's side, in the load harness (the bench extra)."""
+#: `settlement simulate|check` belong to the load harness; their own parsers take the arguments.
+SETTLEMENT_TOOLS = ("simulate", "check")
+
+
+def run_settlement_tool(name: str, argv: list[str]) -> int:
+    """The platform's side (simulator, conformance kit), from the bench extra."""
     try:
         from gateway_bench.settlement import kit, simulate
     except ImportError as exc:
         print(
-            f"manager-gateway: settlement {args.settlement_command} needs the bench extra "
+            f"manager-gateway: settlement {name} needs the bench extra "
             f"(pip install 'manager-gateway[bench]'): {exc}",
             file=sys.stderr,
         )
         return 2
-    tool = simulate if args.settlement_command == "simulate" else kit
-    return int(tool.main(args.rest))
+    tool = simulate if name == "simulate" else kit
+    return int(tool.main(argv))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,17 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--until", help="ISO date or time (UTC unless given), exclusive")
     report.add_argument("--format", choices=("csv", "json"), default="csv")
     report.set_defaults(func=cmd_settlement_report)
-    for name, what in (
-        ("simulate", "play the trading platform against a wallet URL"),
-        ("check", "run the conformance cases against a wallet URL"),
-    ):
-        tool = settlement_sub.add_parser(name, help=what, add_help=False)
-        tool.add_argument("rest", nargs=argparse.REMAINDER)
-        tool.set_defaults(func=cmd_settlement_tool)
+    # Listed for --help only: main() hands their arguments to the harness's own parsers.
+    settlement_sub.add_parser("simulate", help="play the trading platform against a wallet URL")
+    settlement_sub.add_parser("check", help="run the conformance cases against a wallet URL")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["settlement"] and argv[1:2] and argv[1] in SETTLEMENT_TOOLS:
+        return run_settlement_tool(argv[1], argv[2:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

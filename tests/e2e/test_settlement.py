@@ -14,6 +14,10 @@ import aiohttp
 import orjson
 import pytest
 
+from gateway_bench.settlement.kit import run_kit
+from gateway_bench.settlement.kitreport import KitOptions
+from gateway_bench.settlement.simspec import SimulationSpec
+from gateway_bench.settlement.simulator import run_simulation
 from manager_gateway.runtime.verify import verify_ledger
 from manager_gateway.settlement.http import ADJUST, AMOUNT, CANCEL, TRANSFER
 
@@ -453,3 +457,34 @@ async def test_a_thousand_adjustments_and_cancels_over_twenty_wallets(
         assert Decimal(await world.platform.wallet(login)) == Decimal(100) + moved[login], login
     assert_verifies(world.h)
     await wait_until(world.tcp, lambda: world.h.gateway.runtime.queue_depth == 0)
+
+
+# -- the conformance kit and the simulator against the gateway ---------------------------------
+
+
+@pytest.mark.parametrize("policy", ["deduct_available", "deduct", "ignore"])
+async def test_the_conformance_kit_passes_against_the_gateway(
+    make_gateway: GatewayFactory, session: aiohttp.ClientSession, policy: str
+) -> None:
+    """`settlement check`'s cases, run through its library entry point against the real
+    listener, all pass under each overtrading policy, and the ledger verifies afterwards."""
+    world = await start(make_gateway, session, settlement_overtrading=policy)
+    report = await run_kit(KitOptions(url=world.platform.base_url, login=LOGIN, currency="USD"))
+    assert report.failed_cases == [], report.summary()
+    assert len(report.results) >= 20
+    assert_verifies(world.h)
+
+
+async def test_the_simulator_finds_every_wallet_as_confirmed(world: World) -> None:
+    """The platform simulator, closed loop over a few wallets with its cancels, ends with every
+    wallet equal to what its confirmed adjustments imply."""
+    logins = range(5001, 5006)
+    await fund(world.tcp, world.h, *logins, credit=500.0)
+    spec = SimulationSpec(
+        url=world.platform.base_url, logins=logins, concurrency=20, duration_s=None,
+        requests=400, progress=False, seed=3,
+    )  # fmt: skip
+    result = await run_simulation(spec)
+    assert not result.failed, result.summary()
+    assert result.mismatches == []
+    assert_verifies(world.h)
