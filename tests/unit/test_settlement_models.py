@@ -276,3 +276,9 @@ def test_header_refusals(given: dict[str, str], code: Code) -> None:
     with pytest.raises(Refusal) as raised:
         checks._headers({**base, **given}, timestamp_required=True)
     assert raised.value.code is code
+
+
+def test_a_cancel_cannot_reverse_itself() -> None:
+    """A cancel whose reverseRequestUniqueNo is its own number is refused."""
+    field = refused(CancelBody, {**CANCEL, "reverseRequestUniqueNo": CANCEL["requestUniqueNo"]})
+    assert "reverseRequestUniqueNo" in field

@@ -129,7 +129,7 @@ def test_balance_field_makes_balance_records() -> None:
         (adjust("r", "1", account_code="4242"), "ACCOUNT_NOT_FOUND"),
         (adjust("r", "1", account_code=str(VIP)), "ACCOUNT_NOT_FOUND"),  # group not open
         (adjust("r", "1", account_code="10O1"), "ACCOUNT_NOT_FOUND"),
-        (adjust("r", "1", account_code="١٠٠١"), "ACCOUNT_NOT_FOUND"),  # digits, not ASCII
+        (adjust("r", "1", account_code="\u0661\u0660\u0660\u0661"), "ACCOUNT_NOT_FOUND"),  # digits, not ASCII
         (adjust("r", "1", currency="EUR"), "CURRENCY_MISMATCH"),
         (adjust("r", "1.005"), "INVALID_PARAMETER"),  # more decimals than the currency
     ],

@@ -121,6 +121,8 @@ class CancelBody(_WithAmount):
     def _positive(self) -> Any:
         if self.amount < 0:
             raise ValueError("amount must be positive")
+        if self.reverse_request_unique_no == self.request_unique_no:
+            raise ValueError("reverseRequestUniqueNo must differ from the cancel's requestUniqueNo")
         return self
 
 

@@ -206,6 +206,7 @@ class SettlementService:
         finally:
             timer.cancel()
         if not future.done():
+            future.add_done_callback(_forget)  # decided later, with nobody left to tell
             self.past_budget += 1
             log.warning("settlement_past_budget", number=request.number, kind=request.kind)
             raise Refusal(
@@ -221,6 +222,12 @@ class SettlementService:
         if error is not None:
             raise error
         return future.result()
+
+
+def _forget(future: asyncio.Future[Any]) -> None:
+    """Mark a late outcome as seen (a failure would otherwise be logged as never retrieved)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _end(budget: asyncio.Future[None]) -> None:
