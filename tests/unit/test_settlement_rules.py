@@ -22,6 +22,7 @@ from manager_gateway.settlement.rules import Overtrading, Rules, SettlementReque
 NOW = 1_800_000_000.0
 LOGIN = 1001
 VIP = 2001
+ARABIC_1001 = "\u0661\u0660\u0660\u0661"  # digits to str.isdigit(), but not ASCII ones
 SETTLEMENT = Access("settlement", SessionType.ADMIN, ("demo",), float("inf"))
 SETTLEMENT.type = SessionType.MANAGER  # group masks apply: only "demo" is open to settlement
 
@@ -129,7 +130,7 @@ def test_balance_field_makes_balance_records() -> None:
         (adjust("r", "1", account_code="4242"), "ACCOUNT_NOT_FOUND"),
         (adjust("r", "1", account_code=str(VIP)), "ACCOUNT_NOT_FOUND"),  # group not open
         (adjust("r", "1", account_code="10O1"), "ACCOUNT_NOT_FOUND"),
-        (adjust("r", "1", account_code="\u0661\u0660\u0660\u0661"), "ACCOUNT_NOT_FOUND"),  # digits, not ASCII
+        (adjust("r", "1", account_code=ARABIC_1001), "ACCOUNT_NOT_FOUND"),
         (adjust("r", "1", currency="EUR"), "CURRENCY_MISMATCH"),
         (adjust("r", "1.005"), "INVALID_PARAMETER"),  # more decimals than the currency
     ],
