@@ -6,7 +6,7 @@ import heapq
 import itertools
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from manager_gateway.runtime.sqlite_ledger import SQLiteLedger
 from manager_gateway.runtime.storage import Batch
@@ -98,3 +98,25 @@ class FillableLedger(SQLiteLedger):
 
     def make_room(self) -> None:
         self._db.execute("PRAGMA max_page_count = 1073741823")
+
+
+class TornLedger(SQLiteLedger):
+    """The real SQLite ledger whose next commit with a finance record fails half-way: `tear_next()`
+    makes it write that batch's first record twice, so SQLite itself refuses the second copy (the
+    records' primary key) after the accounts and the first copy were written inside the
+    transaction. The failure comes between BEGIN and COMMIT, where only a ROLLBACK undoes it."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.torn = 0  # commits that failed half-way
+        self._tear = False
+
+    def tear_next(self) -> None:
+        self._tear = True
+
+    def commit(self, batch: Batch) -> None:
+        if self._tear and batch.records:
+            self._tear = False
+            self.torn += 1
+            batch = replace(batch, records=[*batch.records, batch.records[0]])
+        super().commit(batch)
