@@ -173,6 +173,7 @@ class Answer:
     data: dict[str, Any]
     elapsed_s: float
     problems: tuple[str, ...] = field(default=())
+    tm_ms: int | None = None  # the envelope's `tm`: how long the server says it took
 
     @property
     def ok(self) -> bool:
@@ -220,6 +221,7 @@ def read_answer(
         problems_found.append(f"data is not an object: {data!r}")
         data = {}
     msg = body.get("msg")
+    tm = body.get("tm")
     return Answer(
         route,
         status,
@@ -228,6 +230,7 @@ def read_answer(
         data,
         elapsed_s,
         tuple(problems_found) if status == 200 else (),
+        tm if isinstance(tm, int) and not isinstance(tm, bool) else None,
     )
 
 

@@ -26,6 +26,9 @@ class Tally:
     confirmed: int = 0  # ... answered `0`
     over_budget: int = 0  # answered later than the platform's timeout after their send time
     cancel_attempts: int = 0
+    cancels_unanswered: int = 0  # cancel attempts that got no HTTP answer (retried)
+    slowest_answer_s: float = 0.0  # the longest any adjustment or cancel took to be answered
+    slowest_tm_ms: int | None = None  # ... as the server timed it (the envelopes' `tm`)
     outcomes: Counter[str] = field(default_factory=Counter)  # code, http/NNN or client/KIND
     cancels: Counter[str] = field(default_factory=Counter)  # final code or "unresolved"
     problems: Counter[str] = field(default_factory=Counter)  # contract violations by kind
@@ -35,6 +38,13 @@ class Tally:
         self.problems[text.partition(":")[0]] += 1
         if len(self.examples) < PROBLEM_EXAMPLES:
             self.examples.append(text)
+
+    def answered_after(self, seconds: float, tm_ms: int | None) -> None:
+        """An adjustment or a cancel attempt was answered (whatever it said) after `seconds`,
+        `tm_ms` by the server's own clock."""
+        self.slowest_answer_s = max(self.slowest_answer_s, seconds)
+        if tm_ms is not None:
+            self.slowest_tm_ms = max(self.slowest_tm_ms or 0, tm_ms)
 
     @property
     def timeouts(self) -> int:
@@ -48,6 +58,9 @@ class Tally:
             "outcomes": dict(sorted(self.outcomes.items())),
             "cancels": dict(sorted(self.cancels.items())),
             "cancel_attempts": self.cancel_attempts,
+            "cancels_unanswered": self.cancels_unanswered,
+            "slowest_answer_ms": round(self.slowest_answer_s * 1000, 3),
+            "slowest_tm_ms": self.slowest_tm_ms,
             "problems": dict(sorted(self.problems.items())),
         }
 

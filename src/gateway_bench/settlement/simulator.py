@@ -205,6 +205,7 @@ class _Simulation:
         if measured:
             self.timeline.record_us(latency_us, answer.ok)
         tally.answered += 1
+        tally.answered_after(answer.elapsed_s, answer.tm_ms)
         tally.over_budget += latency_us > self._budget_us
         tally.outcomes[answer.outcome] += 1
         for problem in answer.problems:
@@ -230,7 +231,9 @@ class _Simulation:
             try:
                 answer = await self.client.cancel(cancel)
             except PlatformError:
+                tally.cancels_unanswered += 1
                 continue
+            tally.answered_after(answer.elapsed_s, answer.tm_ms)
             for problem in answer.problems:
                 tally.problem(problem)
             if answer.status == 200 and answer.code in FINAL_CANCEL_CODES:
