@@ -5,6 +5,9 @@
 2. tools/baseline_server.py under the same generator and settings: the ceiling.
 3. Event fan-out, idle sessions and pending Sync (`fanout.py`, `idle.py`, `pending.py`), each
    on a gateway of its own so one scenario's memory and state do not colour the next.
+4. External Settlement (`settlement_phase.py`): the platform simulator closed loop against a
+   gateway's HTTP listener, as long as the CreditInSync 50x4 run; then again with the ledger
+   locked from outside for a few seconds half-way through (`settlement-fault`).
 
 Load connections turn their event channels off (docs/protocol.md section 5), so gateway and baseline
 each write one answer frame per request. DIR gets results.json (headline figures, machine,
@@ -29,8 +32,10 @@ from .idle import IdleSpec
 from .pending import PendingSpec
 from .phases import PHASES, Bench, BenchOptions
 from .report import summary_table
+from .settlement_phase import FaultSpec, SettlementSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+REFERENCE_S = 3.0  # each of the settlement phase's reference runs (CPU per request)
 T = TypeVar("T")
 
 
@@ -40,11 +45,24 @@ class Profile:
     warmup_s: float
     fanout_duration_s: float
     fanout_warmup_s: float
+    fault_duration_s: float  # the settlement-fault run, the ledger's lock held in its middle
 
 
 PROFILES = {
-    "full": Profile(duration_s=60.0, warmup_s=10.0, fanout_duration_s=60.0, fanout_warmup_s=5.0),
-    "quick": Profile(duration_s=15.0, warmup_s=3.0, fanout_duration_s=10.0, fanout_warmup_s=2.0),
+    "full": Profile(
+        duration_s=60.0,
+        warmup_s=10.0,
+        fanout_duration_s=60.0,
+        fanout_warmup_s=5.0,
+        fault_duration_s=20.0,
+    ),
+    "quick": Profile(
+        duration_s=15.0,
+        warmup_s=3.0,
+        fanout_duration_s=10.0,
+        fanout_warmup_s=2.0,
+        fault_duration_s=10.0,
+    ),
 }
 
 
@@ -81,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--quick",
         action="store_true",
-        help="15 s per load run and shorter scenarios (about three minutes in all)",
+        help="15 s per load run and shorter scenarios (under five minutes in all)",
     )
     add("--duration", type=_positive(float), help="seconds measured per load run")
     add("--warmup", type=float, help="seconds of unrecorded load before each run")
@@ -114,6 +132,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=PendingSpec.sync_timeout_ms,
         help="the pending scenario gateway's sync_timeout_ms",
     )
+    add(
+        "--settlement-concurrency",
+        type=_positive(int),
+        default=SettlementSpec.concurrency,
+        help="platform requests in flight in the settlement phase (default 50)",
+    )
+    add(
+        "--fault-hold",
+        type=_positive(float),
+        default=FaultSpec.hold_s,
+        help="seconds the settlement-fault phase holds the ledger's lock (default 4)",
+    )
+    add(
+        "--fault-budget-ms",
+        type=_positive(int),
+        default=FaultSpec.answer_budget_ms,
+        help="the settlement-fault gateway's settlement_answer_budget_ms (default 2500)",
+    )
     add("--no-progress", action="store_true", help="no progress bars on stderr")
     add("--keep-data", action="store_true", help="keep the gateways' temporary data dirs")
     return parser
@@ -127,6 +163,14 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     if warmup < 0:
         raise ValueError(f"--warmup must be zero or more, got {warmup}")
     pending_connections = max(1, -(-args.pending_requests // PendingSpec.max_per_connection))
+    fault = FaultSpec(
+        accounts=args.accounts,
+        # As long as the profile says, shorter with --duration, never under twice the hold.
+        duration_s=max(min(profile.fault_duration_s, duration), 2 * args.fault_hold),
+        hold_s=args.fault_hold,
+        answer_budget_ms=args.fault_budget_ms,
+    )
+    fault.validate()
     return BenchOptions(
         out=args.out,
         mode=mode,
@@ -150,6 +194,14 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
             sync_timeout_ms=args.pending_timeout_ms,
             accounts=args.accounts,
         ),
+        settlement=SettlementSpec(
+            accounts=args.accounts,
+            concurrency=args.settlement_concurrency,
+            duration_s=duration,
+            warmup_s=warmup,
+            reference_s=min(REFERENCE_S, duration),
+        ),
+        settlement_fault=fault,
         progress=not args.no_progress and sys.stderr.isatty(),
         keep_data=args.keep_data,
     )

@@ -34,10 +34,29 @@ from .processes import (
     start_baseline,
     start_gateway,
 )
-from .report import assemble_results
+from .report import assemble_results, cpu_text
 from .sessions import ScenarioError, mb, raise_file_limit
+from .settlement.simresult import SimulationResult
+from .settlement.simulator import SimulationError
+from .settlement_phase import (
+    FaultSpec,
+    SettlementSpec,
+    prepare_wallets,
+    run_settlement,
+    run_settlement_fault,
+    settlement_url,
+)
 
-PHASES = ("load", "single", "baseline", "fanout", "idle", "pending")
+PHASES = (
+    "load",
+    "single",
+    "baseline",
+    "fanout",
+    "idle",
+    "pending",
+    "settlement",
+    "settlement-fault",
+)
 GATEWAY_SETTINGS = {"ledger_synchronous": "FULL"}  # the figures only count with durable commits
 T = TypeVar("T")
 
@@ -55,6 +74,8 @@ class BenchOptions:
     fanout: FanoutSpec = field(default_factory=FanoutSpec)
     idle: IdleSpec = field(default_factory=IdleSpec)
     pending: PendingSpec = field(default_factory=PendingSpec)
+    settlement: SettlementSpec = field(default_factory=SettlementSpec)
+    settlement_fault: FaultSpec = field(default_factory=FaultSpec)
     progress: bool = False
     keep_data: bool = False
 
@@ -86,6 +107,7 @@ class Bench:
         self.scenarios: dict[str, dict[str, Any]] = {}
         self.gateway_memory: dict[str, float | None] = {}
         self.cpu: dict[str, dict[str, float]] = {}
+        self.simulations: dict[str, SimulationResult] = {}
         self.started = time.perf_counter()
 
     def say(self, text: str) -> None:
@@ -94,7 +116,14 @@ class Bench:
     async def guard(self, phase: str, action: Callable[[], Awaitable[T]]) -> T | None:
         try:
             return await action()
-        except (LoadError, ScenarioError, ProcessError, OSError, TimeoutError) as exc:
+        except (
+            LoadError,
+            ScenarioError,
+            ProcessError,
+            SimulationError,
+            OSError,
+            TimeoutError,
+        ) as exc:
             self.failures[phase] = f"{type(exc).__name__}: {exc}"
             self.say(f"!! {phase} failed: {exc}")
             return None
@@ -114,6 +143,8 @@ class Bench:
                 ("fanout", self.fanout),
                 ("idle", self.idle),
                 ("pending", self.pending),
+                ("settlement", self.settlement),
+                ("settlement-fault", self.settlement_fault),
             ):
                 if name not in skip:
                     self.say(f"== {name}")
@@ -136,6 +167,8 @@ class Bench:
             fanout=self.scenarios.get("fanout"),
             idle=self.scenarios.get("idle"),
             pending=self.scenarios.get("pending"),
+            settlement=self.scenarios.get("settlement"),
+            settlement_fault=self.scenarios.get("settlement-fault"),
             failures=self.failures,
             wall_time_s=time.perf_counter() - started,
         )
@@ -277,6 +310,75 @@ class Bench:
             f"{result['rss_peak_mb']} -> {result['rss_after_mb']} MB"
         )
 
+    async def start_settlement_gateway(
+        self, name: str, spec: SettlementSpec | FaultSpec, **settings: str
+    ) -> tuple[GatewayProcess, str, str]:
+        """A gateway with its settlement listener on a free port and the spec's wallets created
+        and funded over TCP; the gateway, the URL its routes hang under and a manager token."""
+        gateway = await self.start_gateway(name, settlement_port=str(free_port()), **settings)
+        try:
+            url = settlement_url(gateway.log_path)
+            token = await asyncio.to_thread(gateway.mint_token)
+            await prepare_wallets(gateway.host, gateway.port, token, spec.logins, spec.credit, name)
+        except BaseException:
+            await asyncio.to_thread(gateway.stop)
+            raise
+        return gateway, url, token
+
+    async def settlement(self) -> None:
+        """The simulator closed loop after a CreditInSync reference run on the same gateway."""
+        spec = self.options.settlement
+        gateway, url, token = await self.start_settlement_gateway("settlement", spec)
+        try:
+            self.say(
+                f"{spec.concurrency} adjustments in flight over {spec.accounts} wallets, "
+                f"{spec.duration_s:g} s (+{spec.warmup_s:g} s warm-up), after three "
+                f"{spec.reference_s:g} s reference runs (CreditInSync and an account read over "
+                "TCP, the same read over HTTP)"
+            )
+            result, simulation = await run_settlement(
+                url,
+                (gateway.host, gateway.port, token),
+                spec,
+                gateway.cpu_seconds,
+                _own_cpu_seconds,
+                self.options.progress,
+            )
+        finally:
+            await asyncio.to_thread(gateway.stop)
+        self.scenarios["settlement"] = result
+        self.simulations["settlement"] = simulation
+        self.say(simulation.summary())
+        self.say(cpu_text(result))
+
+    async def settlement_fault(self) -> None:
+        """The simulator with the ledger locked from outside half-way through; the gateway
+        serves metrics (its past-budget count) and waits out the lock in its commit."""
+        metrics_port = free_port()
+        spec = replace(self.options.settlement_fault, metrics_port=metrics_port)
+        gateway, url, _ = await self.start_settlement_gateway(
+            "settlement-fault",
+            spec,
+            metrics_port=str(metrics_port),
+            settlement_answer_budget_ms=str(spec.answer_budget_ms),
+            ledger_busy_timeout_ms=str(spec.ledger_busy_timeout_ms),
+        )
+        try:
+            self.say(
+                f"{spec.concurrency} adjustments in flight over {spec.accounts} wallets for "
+                f"{spec.duration_s:g} s, the ledger locked for {spec.hold_s:g} s from "
+                f"{spec.lock_at_s:g} s, answer budget {spec.answer_budget_ms} ms"
+            )
+            result, simulation = await run_settlement_fault(
+                url, gateway.host, gateway.ledger_path, spec, self.options.progress
+            )
+        finally:
+            await asyncio.to_thread(gateway.stop)
+        self.scenarios["settlement-fault"] = result
+        self.simulations["settlement-fault"] = simulation
+        self.say(simulation.summary())
+        self.say(fault_text(result))
+
     def write(self, results: dict[str, Any]) -> list[Path]:
         """results.json and every plot; a plot that fails is recorded, not fatal."""
         written = []
@@ -292,6 +394,7 @@ class Bench:
     def plots(self, results: dict[str, Any]) -> list[Path]:
         from .charts import comparison_chart, fanout_delay_chart, pending_memory_chart
         from .plot import plot_result
+        from .settlement.plots import plot_simulation
 
         written: list[Path] = []
         for name, result in self.results.items():
@@ -307,12 +410,31 @@ class Bench:
             written.append(
                 pending_memory_chart(results["pending"], self.out / "pending-memory.png")
             )
+        for name, simulation in self.simulations.items():
+            written += plot_simulation(simulation, self.out, name)  # NAME-timeline/-latency.png
         return written
 
 
 def _fmt_blocks(result: dict[str, Any], when: str) -> str:
     value = result[f"allocated_blocks_{when}"]
     return "-" if value is None else f"{value:,.0f}"
+
+
+def fault_text(result: dict[str, Any]) -> str:
+    """The fault phase in a line: the lock, the slowest answer, what the stall left behind."""
+    lock = result["lock"]
+    held = (
+        f"ledger locked {lock['held_s']:g} s from {lock['held_from_s']:g} s"
+        if lock.get("taken")
+        else "ledger never locked (the run ended first)"
+    )
+    return (
+        f"{held}: slowest answer {result['slowest_gateway_ms']} ms by the gateway's clock, "
+        f"{result['slowest_answer_ms']:,.0f} ms by the simulator's (limit "
+        f"{result['limit_ms']} ms), unanswered {result['unanswered']}, SERVICE_UNAVAILABLE "
+        f"{result['service_unavailable']} (gateway past budget {result['gateway_past_budget']}), "
+        f"unresolved wallets {result['unresolved_wallets']}, mismatches {result['mismatches']}"
+    )
 
 
 def _own_cpu_seconds() -> float:

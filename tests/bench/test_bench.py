@@ -47,6 +47,36 @@ def test_overrides_reach_every_phase() -> None:
     assert o.pending.requests == 2500 and o.pending.connections == 3  # 1000 per connection
 
 
+def test_settlement_phases_follow_the_load_runs_settings() -> None:
+    """The settlement phase measures as long as the CreditInSync run over as many accounts; the
+    fault run is as long as its profile says, shorter with --duration, never under twice the
+    hold, and its gateway gets the budget asked for."""
+    quick = options("--quick", "--accounts", "7")
+    assert (quick.settlement.duration_s, quick.settlement.warmup_s) == (15.0, 3.0)
+    assert quick.settlement.accounts == quick.settlement_fault.accounts == 7
+    assert quick.settlement.concurrency == 50
+    assert (quick.settlement_fault.duration_s, quick.settlement_fault.hold_s) == (10.0, 4.0)
+    assert options().settlement_fault.duration_s == 20.0
+    tiny = options(
+        "--duration", "0.5", "--settlement-concurrency", "3", "--fault-hold", "1",
+        "--fault-budget-ms", "200",
+    )  # fmt: skip
+    assert tiny.settlement.concurrency == 3 and tiny.settlement.reference_s == 0.5
+    assert quick.settlement.reference_s == 3.0
+    assert (tiny.settlement_fault.duration_s, tiny.settlement_fault.answer_budget_ms) == (2.0, 200)
+    assert {"settlement", "settlement-fault"} <= set(PHASES)
+
+
+def test_a_hold_the_gateway_would_not_wait_out_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A hold longer than the fault gateway's busy timeout is refused with exit 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", "/tmp/x", "--fault-hold", "90"])
+    assert exit_info.value.code == 2
+    assert "outlast the hold" in capsys.readouterr().err
+
+
 def test_skip_takes_known_phases_only(capsys: pytest.CaptureFixture[str]) -> None:
     """--skip accepts a comma list of phases and refuses an unknown one with exit 2."""
     assert options("--skip", "fanout, idle").skip == {"fanout", "idle"}
@@ -114,6 +144,55 @@ PENDING = {
 }  # limit: 250,000 x 1.02 + 10,000 = 265,000
 
 
+SETTLEMENT = {
+    "spec": {"concurrency": 50, "accounts": 100, "duration_s": 15.0},
+    "adjustments_per_s": 2_600.0,
+    "confirmed_per_s": 2_500.0,
+    "p50_ms": 12.0,
+    "p99_ms": 40.0,
+    "max_ms": 300.0,
+    "wallets": 100,
+    "mismatches": 0,
+    "unresolved_wallets": 0,
+    "problems": 0,
+    "cpu": {
+        "wall_s": 18.0,
+        "server_cpu_s": 9.0,
+        "generator_cpu_s": 12.0,
+        "requests": 45_000,
+        "server_cpu_ms_per_request": 0.2,
+        "generator_cpu_ms_per_request": 0.27,
+    },
+    "references": {
+        "credit_in_sync_tcp": {"server_cpu_ms_per_request": 0.1},
+        "account_query_tcp": {"server_cpu_ms_per_request": 0.05},
+        "amount_query_http": {"server_cpu_ms_per_request": 0.15},
+    },
+    "cpu_compared": {
+        "adjustment_over_credit_in_sync": 2.0,
+        "http_read_over_tcp_read": 3.0,
+        "http_framework_ms_per_request": 0.1,
+    },
+}  # with the load run's 9,000 ok/s: ratio 0.278
+FAULT = {
+    "spec": {"concurrency": 10, "duration_s": 10.0, "slack_ms": 100},
+    "lock": {"taken": True, "held_from_s": 3.0, "held_s": 4.01},
+    "budget_ms": 2500,
+    "limit_ms": 2600,
+    "slowest_gateway_ms": 2503,
+    "slowest_answer_ms": 2640.0,  # the simulator's clock: its own queueing too
+    "unanswered": 0,
+    "service_unavailable": 10,
+    "gateway_past_budget": 12.0,
+    "adjustments": 900,
+    "cancel_attempts": 12,
+    "cancels": {"0": 10},
+    "unresolved_adjustments": 0,
+    "wallets": 100,
+    "mismatches": 0,
+}
+
+
 def results(**sections: Any) -> dict[str, Any]:
     runs = {
         "gateway": load_run(9_000.0, 8.0, 20.0),
@@ -130,6 +209,8 @@ def results(**sections: Any) -> dict[str, Any]:
         failures={},
         wall_time_s=170.04,
         cpu={"gateway": {"wall_s": 18.0, "server_cpu_s": 18.0, "generator_cpu_s": 9.0}},
+        settlement=sections.get("settlement", SETTLEMENT),
+        settlement_fault=sections.get("settlement_fault", FAULT),
     )
 
 
@@ -202,10 +283,96 @@ def test_allocated_blocks_are_judged_against_the_starting_level() -> None:
 
 def test_skipped_phases_are_not_judged() -> None:
     """A phase that did not run leaves its targets n/a and its headline fields None."""
-    document = results(runs={}, fanout=None, idle=None, pending=None)
+    document = results(
+        runs={}, fanout=None, idle=None, pending=None, settlement=None, settlement_fault=None
+    )
     assert document["ratio"] is None and document["gateway_rps"] is None
     assert set(verdicts(document).values()) == {None}
     assert all(target.value is None for target in evaluate_targets(document))
+
+
+def test_settlement_targets_are_judged_against_the_same_runs_credit_in_sync() -> None:
+    """Throughput is confirmed adjustments/s over the load run's ok/s; p99, max and the wallets
+    are judged; the fault phase's four targets all pass on a stalled, reconciled run."""
+    document = results()
+    assert document["settlement"]["ratio_to_credit_in_sync"] == 0.278
+    assert document["settlement"]["credit_in_sync_rps"] == 9_000.0
+    met = verdicts(document)
+    for name in (
+        "settlement 50: throughput / CreditInSync 50x4",
+        "settlement 50: p99",
+        "settlement 50: max (well under the 3 s budget)",
+        "settlement 50: wallet mismatches and unresolved",
+        "settlement fault: the held lock stalled the gateway",
+        "settlement fault: every answer within budget + 100 ms",
+        "settlement fault: cancels resolved every refusal",
+        "settlement fault: wallet mismatches",
+    ):
+        assert met[name] is True, name
+
+
+def test_settlement_misses() -> None:
+    """A slow or wrong settlement run misses; a late or missing answer, a lock that stalled
+    nothing, an unresolved cancel and a wrong wallet each miss in the fault phase."""
+    settlement = {**SETTLEMENT, "confirmed_per_s": 900.0, "p99_ms": 80.0, "max_ms": 1500.0}
+    settlement["unresolved_wallets"] = 1
+    late = {**FAULT, "slowest_gateway_ms": 2700, "unresolved_adjustments": 2, "mismatches": 1}
+    met = verdicts(results(settlement=settlement, settlement_fault=late))
+    assert met["settlement 50: throughput / CreditInSync 50x4"] is False  # 0.1
+    assert met["settlement 50: p99"] is False
+    assert met["settlement 50: max (well under the 3 s budget)"] is False
+    assert met["settlement 50: wallet mismatches and unresolved"] is False
+    assert met["settlement fault: every answer within budget + 100 ms"] is False
+    assert met["settlement fault: cancels resolved every refusal"] is False
+    assert met["settlement fault: wallet mismatches"] is False
+    unanswered = {**FAULT, "unanswered": 1}
+    assert (
+        verdicts(results(settlement_fault=unanswered))[
+            "settlement fault: every answer within budget + 100 ms"
+        ]
+        is False
+    )
+    quiet = {**FAULT, "service_unavailable": 0, "gateway_past_budget": 0.0, "slowest_gateway_ms": 9}
+    assert (
+        verdicts(results(settlement_fault=quiet))[
+            "settlement fault: the held lock stalled the gateway"
+        ]
+        is False
+    )
+    never = {**FAULT, "lock": {"taken": False}}
+    assert (
+        verdicts(results(settlement_fault=never))[
+            "settlement fault: the held lock stalled the gateway"
+        ]
+        is False
+    )
+
+
+def test_a_hold_shorter_than_the_budget_shows_as_a_long_wait() -> None:
+    """No SERVICE_UNAVAILABLE when the hold is shorter than the budget: an answer that waited
+    most of the hold is the stall's mark."""
+    short = {
+        **FAULT,
+        "lock": {"taken": True, "held_from_s": 1.0, "held_s": 1.0},
+        "service_unavailable": 0,
+        "gateway_past_budget": 0.0,
+        "slowest_gateway_ms": 960,
+    }
+    assert (
+        verdicts(results(settlement_fault=short))[
+            "settlement fault: the held lock stalled the gateway"
+        ]
+        is True
+    )
+
+
+def test_settlement_ratio_needs_the_load_run() -> None:
+    """Without the load phase the ratio is n/a; the other settlement targets are still judged."""
+    document = results(runs={})
+    met = verdicts(document)
+    assert document["settlement"]["ratio_to_credit_in_sync"] is None
+    assert met["settlement 50: throughput / CreditInSync 50x4"] is None
+    assert met["settlement 50: p99"] is True
 
 
 def test_summary_table_lists_every_target_with_its_verdict() -> None:
@@ -214,6 +381,10 @@ def test_summary_table_lists_every_target_with_its_verdict() -> None:
     table = summary_table(document)
     assert "test cpu" in table and "ratio 0.45" in table
     assert "gateway server 1.00, generator 0.50" in table
+    assert "2,600 adjustments/s" in table and "ratio to CreditInSync 0.278" in table
+    assert "adjustment over HTTP 0.2 ms vs CreditInSync over TCP 0.1 ms (x2)" in table
+    assert "over HTTP 0.15 ms vs over TCP 0.05 ms (x3: the HTTP path costs 0.1 ms more)" in table
+    assert "ledger locked 4.01 s from 3 s: slowest answer 2,503 ms by the gateway's clock" in table
     for target in document["targets"]:
         assert target["name"] in table
     assert "PASS" in table and "MISS" in table and "n/a" in table
@@ -255,6 +426,12 @@ def test_a_tiny_whole_run_writes_figures_and_plots(tmp_path: Path) -> None:
             "100",
             "--pending-timeout-ms",
             "300",
+            "--settlement-concurrency",
+            "2",
+            "--fault-hold",
+            "0.6",
+            "--fault-budget-ms",
+            "200",
             "--no-progress",
         ]
     )
@@ -268,6 +445,14 @@ def test_a_tiny_whole_run_writes_figures_and_plots(tmp_path: Path) -> None:
     assert document["pending"]["gateway_logged_timeouts"]["expired_requests"] == 100
     assert document["pending"]["ledger_records_after"] == 2
     assert document["settings"]["ledger_synchronous"] == "FULL"
+    settlement, fault = document["settlement"], document["settlement_fault"]
+    assert settlement["adjustments"] > 0 and settlement["mismatches"] == 0
+    assert settlement["ratio_to_credit_in_sync"] is not None
+    assert settlement["references"]["amount_query_http"]["rps"] > 0
+    assert fault["lock"]["taken"] and fault["service_unavailable"] > 0
+    assert fault["unresolved_adjustments"] == fault["mismatches"] == 0
+    judged = {t["name"]: t["met"] for t in document["targets"] if "settlement" in t["name"]}
+    assert len(judged) == 8 and None not in judged.values()
     for name in (
         "gateway-timeline.png",
         "single-latency.png",
@@ -275,6 +460,10 @@ def test_a_tiny_whole_run_writes_figures_and_plots(tmp_path: Path) -> None:
         "comparison-throughput.png",
         "fanout-delay.png",
         "pending-memory.png",
+        "settlement-timeline.png",
+        "settlement-latency.png",
+        "settlement-fault-timeline.png",
+        "settlement-fault-latency.png",
     ):
         assert (tmp_path / name).stat().st_size > 0
     assert (tmp_path / "gateway.log").stat().st_size > 0
