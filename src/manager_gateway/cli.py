@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (OSError, ValueError) as exc:  # bad settings, missing files, a port in use
-        structlog.get_logger().error("startup_failed", error=str(exc))
+        if args.command == "serve":  # its logs are configured; other commands' stdout is data
+            structlog.get_logger().error("startup_failed", error=str(exc))
         print(f"manager-gateway: {exc}", file=sys.stderr)
         return 2
 

@@ -34,11 +34,23 @@ def _decimal(value: object) -> Decimal:
         raise ValueError('must be a decimal string such as "12.50"') from None
     if not amount.is_finite():
         raise ValueError("must be a finite number")
-    if abs(amount) > MAX_AMOUNT:
+    # copy_abs and compare never round, so an exponent of a million cannot overflow here.
+    if amount.copy_abs() > MAX_AMOUNT:
         raise ValueError(f"must be at most {MAX_AMOUNT} in absolute value")
     if amount == 0:
         raise ValueError("must not be zero")
     return amount
+
+
+def decimal_places(amount: Decimal) -> int:
+    """Decimals an amount needs, trailing zeros aside; exact for any exponent (normalize()
+    would round `1e-999999999999` to zero under the default context)."""
+    _, digits, exponent = amount.as_tuple()
+    assert isinstance(exponent, int)  # a finite amount: checked before
+    if exponent >= 0:
+        return 0
+    significant = len("".join(map(str, digits)).rstrip("0"))
+    return max(0, -exponent - (len(digits) - significant))
 
 
 Amount = Annotated[
@@ -63,9 +75,7 @@ class _WithAmount(PlatformRequest):
 
     @model_validator(mode="after")
     def _digits_fit(self) -> Any:
-        exponent = self.amount.normalize().as_tuple().exponent
-        decimals = -exponent if isinstance(exponent, int) and exponent < 0 else 0
-        if decimals > self.amount_digits:
+        if decimal_places(self.amount) > self.amount_digits:
             raise ValueError(f"amount has more decimals than amountDigits ({self.amount_digits})")
         return self
 

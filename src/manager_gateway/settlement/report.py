@@ -45,10 +45,15 @@ def parse_time(text: str) -> float:
 def journal_rows(
     data_dir: Path, since: float | None = None, until: float | None = None
 ) -> Iterator[dict[str, Any]]:
-    """Journal rows with `since <= created_at < until`, oldest first, as report rows."""
+    """Journal rows with `since <= created_at < until`, oldest first, as report rows. A missing
+    ledger raises here, before anything is written."""
     path = data_dir / LEDGER_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no ledger at {path}")
+    return _rows(path, since, until)
+
+
+def _rows(path: Path, since: float | None, until: float | None) -> Iterator[dict[str, Any]]:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         query = f"SELECT {JOURNAL_COLUMNS} FROM settlement_journal WHERE created_at >= ?"

@@ -35,6 +35,7 @@ log = structlog.get_logger("manager_gateway.settlement")
 
 BIZ_CODE = "settlement"
 ModelT = TypeVar("ModelT", bound=BaseModel)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +277,8 @@ def _header_int(headers: Mapping[str, str], name: str, required: bool) -> int | 
             raise Refusal(Code.INVALID_PARAMETER, f"header {name} is required")
         return None
     raw = raw.strip()
-    if not (raw.isascii() and raw.lstrip("-").isdigit()) or len(raw) > 19:
-        raise Refusal(Code.INVALID_PARAMETER, f"header {name} must be an integer")
-    return int(raw)
+    value = int(raw) if raw.isascii() and raw.lstrip("-").isdigit() and len(raw) <= 20 else None
+    # The ledger stores it as a 64-bit integer: a bigger one would fail its whole batch.
+    if value is None or not INT64_MIN <= value <= INT64_MAX:
+        raise Refusal(Code.INVALID_PARAMETER, f"header {name} must be a 64-bit integer")
+    return value
