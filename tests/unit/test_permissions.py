@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import cast
+
+import orjson
 import pytest
 
+from manager_gateway.commands.context import Services
+from manager_gateway.commands.dispatch import prepare
 from manager_gateway.commands.registry import ALL_COMMANDS, COMMANDS, HEALTH_CHECK
+from manager_gateway.protocol.codec import parse_request
 from manager_gateway.session.access import SessionType
+from manager_gateway.session.session import Session
+from manager_gateway.session.tokens import TokenService
 
+from ..fakes import FakeClock
 from ..protocol_tables import (
-    EVERYONE,
     FINANCE,
     PROTOCOL_ROLES,
     STATE_CHANGING,
 )
 
-
-def allowed(command: str, session_type: SessionType) -> bool:
-    """What the gateway allows: HealthCheck needs no token at all, the rest go by the table."""
-    if command == HEALTH_CHECK:
-        return session_type in EVERYONE  # refused types never reach it with a session
-    return session_type in COMMANDS[command].roles
+#: Every row but HealthCheck's, which has no row in the gateway's table (see below).
+TABLE_ROWS = sorted(set(PROTOCOL_ROLES) - {HEALTH_CHECK})
 
 
 def test_command_set_matches_protocol() -> None:
@@ -37,10 +42,36 @@ def test_health_check_is_outside_the_role_table() -> None:
 
 
 @pytest.mark.parametrize("session_type", list(SessionType), ids=lambda t: t.name)
-@pytest.mark.parametrize("command", sorted(PROTOCOL_ROLES))
+@pytest.mark.parametrize("command", TABLE_ROWS)
 def test_role_table_cell(command: str, session_type: SessionType) -> None:
     """Each (command, session type) cell matches docs/protocol.md section 3."""
-    assert allowed(command, session_type) is (session_type in PROTOCOL_ROLES[command])
+    allowed = session_type in COMMANDS[command].roles
+    assert allowed is (session_type in PROTOCOL_ROLES[command])
+
+
+@pytest.mark.parametrize(
+    "session_type", [None, *SessionType], ids=lambda t: "no-token" if t is None else t.name
+)
+def test_health_check_is_answered_for_every_session_type(
+    tokens: TokenService, session_type: SessionType | None
+) -> None:
+    """The dispatcher answers HealthCheck 200 without a token and with a valid token of every
+    session type, SYSTEM and FIX included (sections 3.2 and 3.5), and binds that token."""
+    clock = FakeClock()
+    services = cast(Services, SimpleNamespace(clock=clock))  # HealthCheck uses only the clock
+    request: dict[str, object] = {"command": HEALTH_CHECK, "extID": "hc", "data": {}}
+    if session_type is not None:
+        request["__token"] = tokens.issue("7", session_type, ["*"], int(clock.wall()) + 60)
+    session = Session()
+    frame = prepare(services, tokens, session, "conn", parse_request(orjson.dumps(request)))
+    assert isinstance(frame, bytes)
+    assert orjson.loads(frame) == {
+        "extID": "hc",
+        "status": 200,
+        "data": {"status": "ok", "time": int(clock.wall() * 1000)},
+    }
+    bound = session.access.type if session.access is not None else None
+    assert bound is session_type
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
