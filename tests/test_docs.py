@@ -1,7 +1,8 @@
-"""The project's documents: links stay inside the repository, and protocol.md covers the code.
+"""The project's documents: links stay inside the repository, and protocol.md and settlement.md
+cover the code.
 
-Commands and error codes are read from the gateway's own modules, so a command or error added to
-the code without a word in docs/protocol.md fails here.
+Commands, error codes, settlement answer codes and settings are read from the gateway's own
+modules, so one added to the code without a word in its document fails here.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from pathlib import Path
 import pytest
 
 from manager_gateway.commands.registry import ALL_COMMANDS
+from manager_gateway.config import Settings
 from manager_gateway.protocol import errors
+from manager_gateway.settlement.codes import Code
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = ROOT / "docs" / "protocol.md"
+SETTLEMENT = ROOT / "docs" / "settlement.md"
 #: Every Markdown document of the project: the top-level ones (README.md first) and docs/.
 DOCUMENTS = sorted({*ROOT.glob("*.md"), *(ROOT / "docs").rglob("*.md")})
 
@@ -139,3 +143,13 @@ def test_protocol_names_every_error_code() -> None:
     assert {"INTERNAL_ERROR", "SYNC_TIMEOUT", "INVALID_JSON"} <= codes
     missing = sorted(code for code in codes if f"`{code}`" not in text)
     assert missing == [], "error codes not named in docs/protocol.md"
+
+
+def test_settlement_names_every_code_and_setting() -> None:
+    """Each settlement answer code and each settlement_* setting is named in docs/settlement.md."""
+    text = SETTLEMENT.read_text(encoding="utf-8")
+    settings = [name for name in Settings.model_fields if name.startswith("settlement_")]
+    assert len(settings) >= 10  # the settings were read, not an empty stand-in
+    names = [code.value for code in Code] + settings
+    missing = sorted(name for name in names if f"`{name}`" not in text)
+    assert missing == [], "codes or settings not named in docs/settlement.md"
