@@ -39,6 +39,19 @@ MAX_FRAME_BYTES = 16 * 1024  # small, so an oversized frame is cheap to build
 # High, so the connection pool stays stable: closing after invalid tokens (and the reconnect
 # penalty that follows it) is tested on its own in tests/e2e; here a close must come from a 413.
 MAX_AUTH_FAILURES = 100_000
+#: Answers the seeded run must contain at least one of: each stage of the dispatch order that
+#: a mutated frame can fail at, then the idempotency check in the main loop, and success.
+REACHED_STAGES = (
+    "413 FRAME_TOO_LARGE",
+    "400 INVALID_JSON",
+    "400 INVALID_REQUEST",
+    "404 UNKNOWN_COMMAND",
+    "401 INVALID_TOKEN",
+    "403 PERMISSION_DENIED",
+    "400 INVALID_DATA",
+    "422 IDEMPOTENCY_MISMATCH",
+    "200",
+)
 ANSWER_BOUND_S = 15.0  # a batch not answered within this is "the server stopped answering"
 LOGINS = (1001, 1002, 1003, 1004)
 OVERSIZED = "oversized"
@@ -468,8 +481,17 @@ async def test_fuzzed_frames_break_no_invariant(make_gateway: GatewayFactory) ->
     )
     for conn in fuzzer.connections:
         await conn.close()
+    mix = fuzzer.statuses
+    print(f"fuzz: seed {FUZZ_SEED}, {fuzzer.frames_sent} frames, {fuzzer.closes} closes (413)")
+    print(f"fuzz: answers {dict(mix.most_common())}")
     problems, summary = verify_ledger(gw.data_dir)
     assert not problems, f"FUZZ_SEED={FUZZ_SEED}: {problems} ({summary})"
     assert fuzzer.frames_sent >= BATCHES * FRAMES_PER_BATCH // 2, fuzzer.frames_sent
-    print(f"fuzz: seed {FUZZ_SEED}, {fuzzer.frames_sent} frames, {fuzzer.closes} closes (413)")
-    print(f"fuzz: answers {dict(fuzzer.statuses.most_common())}")
+    # The mix is what says the fuzzer tested anything: its frames must reach every stage of the
+    # dispatch order (docs/protocol.md section 2.4) and, mutations and all, still succeed often.
+    where = f"FUZZ_SEED={FUZZ_SEED}, answers {dict(mix)}"
+    for kind in REACHED_STAGES:
+        assert mix[kind] > 0, f"no {kind!r} answer: that stage was never reached; {where}"
+    assert mix["200"] * 10 >= mix.total(), f"under a tenth of the answers are 200; {where}"
+    assert not [kind for kind in mix if kind.startswith(("500", "503"))], where
+    assert mix["413 FRAME_TOO_LARGE"] == fuzzer.closes, f"closes that were no 413; {where}"
