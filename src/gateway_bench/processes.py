@@ -192,7 +192,7 @@ def _wait_ready(
             text = log.read()
         found = pattern.search(text)
         if found:
-            return found.group(1).decode(), int(found.group(2))
+            return found.group(1).decode().strip("[]"), int(found.group(2))  # [v6 address]
         if popen.poll() is not None:
             raise ProcessError(
                 f"{name} exited with {popen.returncode} before listening; see {log_path}:\n"

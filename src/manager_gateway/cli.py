@@ -81,13 +81,18 @@ async def _serve(settings: Settings) -> bool:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Scripts (tools/serve, the tests) wait for this line to know the port is open.
-    print(f"manager-gateway listening on {settings.host}:{gateway.port}", flush=True)
+    print(f"manager-gateway listening on {_where(settings.host, gateway.port)}", flush=True)
     if gateway.settlement_port:
-        where = f"{settings.settlement_host}:{gateway.settlement_port}"
+        where = _where(settings.settlement_host, gateway.settlement_port)
         print(f"manager-gateway settlement listening on {where}", flush=True)
     await stop.wait()
     await gateway.shutdown()
     return gateway.ledger_finished
+
+
+def _where(host: str, port: int) -> str:
+    """host:port, with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _settings(args: argparse.Namespace) -> Settings:

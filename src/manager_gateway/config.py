@@ -129,15 +129,30 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _settlement_not_open_by_accident(self) -> Settings:
-        """A listener on a public address that admits every caller must be meant."""
+        """A listener on a public address that admits every caller must be meant: the list then
+        names 0.0.0.0/0 (or ::/0) itself, rather than covering everything piece by piece."""
         if self.settlement_port == 0 or _is_loopback(self.settlement_host):
             return self
-        networks = [ipaddress.ip_network(cidr, strict=False) for cidr in self.settlement_allow]
-        if any(net.prefixlen == 0 for net in networks) and "0.0.0.0/0" not in self.settlement_allow:
+        if {"0.0.0.0/0", "::/0"} & set(self.settlement_allow):
+            return self
+        networks = self.settlement_networks()
+        v4 = list(ipaddress.collapse_addresses(n for n in networks if n.version == 4))
+        v6 = list(ipaddress.collapse_addresses(n for n in networks if n.version == 6))
+        if v4 == [ipaddress.ip_network("0.0.0.0/0")] or v6 == [ipaddress.ip_network("::/0")]:
             raise ValueError(
                 "settlement_allow admits every address on a non-loopback settlement_host; "
-                "name 0.0.0.0/0 in it explicitly if that is meant"
+                "name 0.0.0.0/0 (or ::/0) in it if that is meant"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_in_pairs(self) -> Settings:
+        """A certificate without its key (or the reverse) would silently serve plain text."""
+        for prefix in ("", "settlement_"):
+            cert = getattr(self, f"{prefix}tls_cert_file")
+            key = getattr(self, f"{prefix}tls_key_file")
+            if (cert is None) != (key is None):
+                raise ValueError(f"{prefix}tls_cert_file and {prefix}tls_key_file go together")
         return self
 
     def settlement_networks(self) -> tuple[IPNetwork, ...]:

@@ -185,7 +185,7 @@ KNOWN_ROWS: dict[str, tuple[Any, ...]] = {
     "cancel-2": ("request", "cancel", "0", LOGIN, 4, "7.25", "open-2", None),
     "close-3": ("request", "adjustment", "0", OTHER, 5, "30.00", None, None),
     "tx-4": ("txid", "transfer", "0", OTHER, 6, "25.10", None, None),
-    "refused-5": ("request", "adjustment", "INSUFFICIENT_FUNDS", None, None, "0", None, None),
+    "refused-5": ("request", "adjustment", "INSUFFICIENT_FUNDS", LOGIN, None, "0", None, None),
     "ghost-6": ("request", "tombstone", "US_0000002", None, None, "0", None, "cancel-6"),
     "cancel-6": ("request", "cancel", "US_0000002", None, None, "0", "ghost-6", None),
     "cancel-7": ("request", "cancel", "US_0000001", None, None, "0", "refused-5", None),

@@ -196,3 +196,29 @@ def test_metrics_port_out_of_range_is_error(port: int) -> None:
     """A metrics_port outside 0..65535 is refused and named."""
     with pytest.raises(pydantic.ValidationError, match="metrics_port"):
         load_settings(None, metrics_port=port)
+
+
+@pytest.mark.parametrize(
+    ("allow", "refused"),
+    [
+        (("0.0.0.0/1", "128.0.0.0/1"), True),  # every IPv4 address, piece by piece
+        (("::/0",), False),  # named outright
+        (("0.0.0.0/0",), False),
+        (("10.0.0.0/8", "::1/128"), False),
+    ],
+)
+def test_settlement_open_to_everyone_must_be_named(allow: tuple[str, ...], refused: bool) -> None:
+    """On a public host, an allow-list covering every address must name 0.0.0.0/0 or ::/0."""
+    settings = {"settlement_host": "0.0.0.0", "settlement_allow": allow}
+    if refused:
+        with pytest.raises(ValueError, match="admits every address"):
+            load_settings(None, **settings)
+    else:
+        assert load_settings(None, **settings).settlement_allow == allow
+
+
+@pytest.mark.parametrize("prefix", ["", "settlement_"])
+def test_tls_files_go_together(prefix: str, tmp_path: Path) -> None:
+    """A certificate without its key is refused rather than serving plain text."""
+    with pytest.raises(ValueError, match="go together"):
+        load_settings(None, **{f"{prefix}tls_cert_file": tmp_path / "cert.pem"})

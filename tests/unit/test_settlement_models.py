@@ -220,11 +220,18 @@ def service(clock: FakeClock, **config: Any) -> SettlementService:
         config.get("max_skew_s", 300.0),
         2.5,
     )
-    return SettlementService(settings, None, None, clock, b"k", None, lambda: False)  # type: ignore[arg-type]
+    return SettlementService(settings, None, None, clock, None, lambda: False)  # type: ignore[arg-type]
 
 
-def headers(**values: str) -> dict[str, str]:
-    return {"trace": "t", "companyid": "1", **{k.lower(): v for k, v in values.items()}}
+class Headers(dict[str, str]):
+    """Case-insensitive, as aiohttp's request headers are."""
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(name.lower(), default)
+
+
+def headers(**values: str) -> Headers:
+    return Headers({"trace": "t", "companyid": "1", **{k.lower(): v for k, v in values.items()}})
 
 
 @pytest.mark.parametrize(
@@ -274,7 +281,7 @@ def test_header_refusals(given: dict[str, str], code: Code) -> None:
     checks = service(clock, company_ids=frozenset({1, 2}), token="tok")
     base = {**headers(), "authorization": "Bearer tok", "timestamp": str(NOW_MS)}
     with pytest.raises(Refusal) as raised:
-        checks._headers({**base, **given}, timestamp_required=True)
+        checks._headers(Headers({**base, **given}), timestamp_required=True)
     assert raised.value.code is code
 
 
@@ -282,3 +289,10 @@ def test_a_cancel_cannot_reverse_itself() -> None:
     """A cancel whose reverseRequestUniqueNo is its own number is refused."""
     field = refused(CancelBody, {**CANCEL, "reverseRequestUniqueNo": CANCEL["requestUniqueNo"]})
     assert "reverseRequestUniqueNo" in field
+
+
+@pytest.mark.parametrize("amount", [0.30000000000000004, 999999999.1234568])
+def test_json_numbers_past_fifteen_digits_are_refused(amount: float) -> None:
+    """A JSON number a double cannot hold exactly is refused, asking for a string."""
+    with pytest.raises(ValidationError, match="send a string"):
+        parse(AdjustmentBody, {**ADJUSTMENT, "amount": amount, "amountDigits": 8})

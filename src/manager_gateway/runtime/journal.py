@@ -25,6 +25,7 @@ class JournalRow(NamedTuple):
     fingerprint: str  # a keyed digest of the request's content, to tell a replay from a mismatch
     code: str  # the code it was answered with ("0" = done)
     login: int | None
+    user_name: str  # the platform's own user id, recorded for reconciliation
     finance_order: int | None  # the finance record it made or reversed
     amount: str  # what it moved, signed, as decimal text; "0" when nothing moved
     reverses: str | None  # a cancel: the number it cancels

@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS settlement_journal (
     fingerprint TEXT NOT NULL,
     code TEXT NOT NULL,
     login INTEGER,
+    user_name TEXT NOT NULL,
     finance_order INTEGER,
     amount TEXT NOT NULL,
     reverses TEXT,
@@ -85,8 +86,8 @@ CREATE INDEX IF NOT EXISTS settlement_journal_by_time ON settlement_journal (cre
 """
 
 JOURNAL_COLUMNS = (
-    "company, space, number, kind, fingerprint, code, login, finance_order, amount, reverses,"
-    " cancelled_by, answer, created_at"
+    "company, space, number, kind, fingerprint, code, login, user_name, finance_order, amount,"
+    " reverses, cancelled_by, answer, created_at"
 )
 
 _ACCOUNT_COLUMNS = (
@@ -166,11 +167,12 @@ def _record(row: tuple[Any, ...]) -> FinanceRecord:
 
 def journal_row(row: tuple[Any, ...]) -> JournalRow:
     """A journal row as read from the table (its answer is stored as text)."""
-    (company, space, number, kind, fingerprint, code, login, order, amount, reverses,
-     cancelled_by, answer, created_at) = row  # fmt: skip
+    (company, space, number, kind, fingerprint, code, login, user_name, order, amount,
+     reverses, cancelled_by, answer, created_at) = row  # fmt: skip
     return JournalRow(
         int(company), str(space), str(number), str(kind), str(fingerprint), str(code),
-        None if login is None else int(login), None if order is None else int(order),
+        None if login is None else int(login), str(user_name),
+        None if order is None else int(order),
         str(amount), reverses, cancelled_by, str(answer).encode(), float(created_at),
     )  # fmt: skip
 
@@ -279,9 +281,9 @@ class SQLiteLedger:
                 if batch.journal:
                     db.executemany(
                         f"INSERT OR REPLACE INTO settlement_journal ({JOURNAL_COLUMNS})"
-                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         [
-                            (*row[:11], row.answer_json.decode(), row.created_at)
+                            (*row[:12], row.answer_json.decode(), row.created_at)
                             for row in batch.journal
                         ],
                     )

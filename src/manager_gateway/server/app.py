@@ -96,7 +96,7 @@ class Gateway:
             hashlib.sha256(b"idempotency-digest\0" + secret).digest(),
             self._password_hasher,
         )
-        self.settlement = self._settlement_service(secret)
+        self.settlement = self._settlement_service()
         self._settlement_runner: web.AppRunner | None = None
         self.settlement_port = 0
         self.auth_throttle = AuthThrottle(
@@ -111,7 +111,7 @@ class Gateway:
         self.metrics.watch(self)
         self.metrics_server: MetricsServer | None = None
 
-    def _settlement_service(self, secret: bytes) -> SettlementService:
+    def _settlement_service(self) -> SettlementService:
         settings = self.settings
         # The settlement API acts on every account its groups open to it, as a manager would.
         access = Access("settlement", SessionType.MANAGER, settings.settlement_groups, float("inf"))
@@ -122,9 +122,8 @@ class Gateway:
             settings.settlement_max_skew_s,
             settings.settlement_answer_budget_ms / 1000,
         )
-        digest_key = hashlib.sha256(b"settlement-fingerprint\0" + secret).digest()
         return SettlementService(
-            config, self.runtime, rules, self.clock, digest_key, access, lambda: self.draining
+            config, self.runtime, rules, self.clock, access, lambda: self.draining
         )
 
     async def _start_settlement(self) -> None:

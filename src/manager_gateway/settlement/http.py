@@ -102,7 +102,8 @@ def _allow_only(networks: tuple[IPNetwork, ...]) -> Middleware:
     @web.middleware
     async def allow_only(request: web.Request, handler: RequestHandler) -> web.StreamResponse:
         if not is_allowed(request.remote, networks):
-            log.warning("settlement_forbidden_address", address=request.remote)
+            # Debug, not warning: a scanner can be refused thousands of times a second.
+            log.debug("settlement_forbidden_address", address=request.remote)
             outcome = answer(Code.FORBIDDEN, "this address may not call the settlement API")
             body = envelope(outcome, request.headers.get("trace", ""), time.perf_counter())
             return web.Response(

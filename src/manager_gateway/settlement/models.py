@@ -28,6 +28,9 @@ INT64_MAX = 2**63 - 1
 def _decimal(value: object) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError('must be a decimal string such as "12.50"')
+    if isinstance(value, float) and len(Decimal(repr(value)).normalize().as_tuple().digits) > 15:
+        # A double holds 15 significant digits reliably: more cannot be read exactly.
+        raise ValueError("has more than 15 significant digits as a JSON number; send a string")
     try:
         amount = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
     except InvalidOperation:

@@ -156,12 +156,14 @@ class Rules:
 
     def _move(self, tx: Transaction, request: SettlementRequest, now: float) -> Effect:
         """An adjustment or a transfer: move money, or journal the refusal."""
+        account = None
         try:
             account = self.checked_account(tx.account, request.account_code, request.currency)
             amount = _at_digits(request.amount, account.digits)
             delta = self._delta(request, amount, self.wallet(account))
         except Refusal as refusal:
-            self._journal(tx, request, now, refusal.code, refusal.msg, {}, None, ZERO)
+            login = account.login if account is not None else None
+            self._journal(tx, request, now, refusal.code, refusal.msg, {}, login, ZERO)
             return Effect({"answer": answer(refusal.code, refusal.msg)}, None, None, None)
         delta = delta if delta else ZERO  # never "-0.00"
         wallet = self.wallet(account) + delta
@@ -199,7 +201,7 @@ class Rules:
             if self.overtrading == "deduct_available":
                 return -min(loss, max(wallet, ZERO))
             return self._deduct(loss, wallet)
-        return self._deduct(amount, wallet)  # OPEN_POSITION, and undocumented types alike
+        return self._deduct(amount, wallet)  # OPEN_POSITION
 
     @staticmethod
     def _deduct(amount: Decimal, wallet: Decimal) -> Decimal:
@@ -215,7 +217,8 @@ class Rules:
         if target is None:
             tombstone = JournalRow(
                 request.company, REQUESTS, request.reverses, "tombstone", "",
-                str(Code.NEVER_RECEIVED), None, None, "0", None, request.number, b"{}", now,
+                str(Code.NEVER_RECEIVED), None, request.user_name, None, "0", None,
+                request.number, b"{}", now,
             )  # fmt: skip
             tx.put_journal(tombstone)
             self.counters.tombstones += 1
@@ -315,7 +318,8 @@ class Rules:
         tx.put_journal(
             JournalRow(
                 company, space, number, request.kind, request.fingerprint, str(code), login,
-                record.order if record is not None else None, str(moved), request.reverses,
+                request.user_name, record.order if record is not None else None, str(moved),
+                request.reverses,
                 None, orjson.dumps({"msg": msg, "data": data}), now,
             )
         )  # fmt: skip

@@ -61,7 +61,6 @@ class SettlementService:
         runtime: MainLoop,
         rules: Rules,
         clock: Clock,
-        digest_key: bytes,
         access: Access,
         draining: Callable[[], bool],
     ) -> None:
@@ -69,7 +68,6 @@ class SettlementService:
         self.runtime = runtime
         self.rules = rules
         self.clock = clock
-        self._digest_key = digest_key
         self._access = access  # the operations' author in the main loop's logs
         self._draining = draining
         self.past_budget = 0  # answers sent as SERVICE_UNAVAILABLE because the budget ran out
@@ -135,7 +133,7 @@ class SettlementService:
         trace = headers.get("trace")
         if not trace:
             raise Refusal(Code.INVALID_PARAMETER, "header trace is required")
-        company = _header_int(headers, "companyid", required=True)
+        company = _header_int(headers, "companyId", required=True)
         assert company is not None
         if config.company_ids and company not in config.company_ids:
             raise Refusal(Code.FORBIDDEN, f"companyId {company} is not accepted")
@@ -182,11 +180,12 @@ class SettlementService:
         """What makes two requests with one number the same request: the business fields.
 
         Amounts compare by value (`12.5` and `12.50` alike); times, IPs, remarks and metadata are
-        left out, since a platform's resend may carry new ones.
+        left out, since a platform's resend may carry new ones. Unkeyed: nothing secret goes in,
+        and a key would turn every replay into a mismatch once it changed.
         """
         canonical = [str(f.normalize()) if hasattr(f, "normalize") else f for f in fields]
         payload = orjson.dumps(canonical, default=str)
-        return hashlib.blake2b(payload, key=self._digest_key, digest_size=16).hexdigest()
+        return hashlib.blake2b(payload, digest_size=16).hexdigest()
 
     async def _decide(self, request: SettlementRequest) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -271,7 +270,7 @@ def _first_problem(exc: ValidationError) -> str:
 
 
 def _header_int(headers: Mapping[str, str], name: str, required: bool) -> int | None:
-    raw = headers.get(name)
+    raw = headers.get(name)  # the mapping is case-insensitive, as HTTP headers are
     if raw is None or raw == "":
         if required:
             raise Refusal(Code.INVALID_PARAMETER, f"header {name} is required")
