@@ -14,7 +14,7 @@ import pytest
 
 from manager_gateway.session.access import SessionType
 
-from ..conftest import Client, GatewayFactory
+from ..conftest import Client, GatewayFactory, wait_until
 
 
 async def test_connections_over_max_connections_are_closed(make_gateway: GatewayFactory) -> None:
@@ -28,14 +28,12 @@ async def test_connections_over_max_connections_are_closed(make_gateway: Gateway
     await asyncio.wait_for(refused.closed.wait(), 5)
     await refused.close()
     assert refused.orphans == [] and refused.responses == {}
+    assert h.gateway.metrics.connections_refused == 1
     assert all([(await client.ok("GetGroups"))["count"] == 1 for client in held])
     await held[0].close()
     h.clients.remove(held[0])
     # The gateway notices the close when it reads EOF; poll with round trips until it has.
-    for _ in range(200):
-        if len(h.gateway.connections) < 3:
-            break
-        await held[1].ok("HealthCheck")
+    await wait_until(held[1], lambda: len(h.gateway.connections) == 2)
     again = await h.client()
     assert (await again.ok("GetGroups"))["count"] == 1
 
