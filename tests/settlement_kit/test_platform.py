@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 from decimal import Decimal
 
 import pytest
@@ -24,8 +26,10 @@ from .wallet_server import WalletServer, serving
 from .wallets import Faults, Wallet
 
 
-def adjustment(operation: str = "OPEN_POSITION", amount: str = "1.25") -> Adjustment:
-    return Adjustment(KIT_LOGIN, "u1", "USD", operation, Decimal(amount), 2, "n-1", 42)
+def adjustment(
+    operation: str = "OPEN_POSITION", amount: str = "1.25", number: str = "n-1"
+) -> Adjustment:
+    return Adjustment(KIT_LOGIN, "u1", "USD", operation, Decimal(amount), 2, number, 42)
 
 
 def test_bodies_follow_the_seeds() -> None:
@@ -99,3 +103,24 @@ async def test_no_server_is_unreachable() -> None:
     async with PlatformClient(f"http://127.0.0.1:{port}/api") as client:
         with pytest.raises(PlatformUnreachable):
             await client.balance(KIT_LOGIN, "u1", "USD")
+
+
+async def test_raw_bytes_go_out_as_json(reference: WalletServer) -> None:
+    """A bytes body is sent as it is, still labelled application/json."""
+    async with PlatformClient(reference.url) as client:
+        answer = await client.post(ADJUST, b"{not json")
+    assert (answer.outcome, answer.msg) == ("INVALID_PARAMETER", "the body is not JSON")
+    assert reference.wallet.seen[0][1]["content-type"] == "application/json"
+
+
+async def test_the_pool_holds_connections_requests_on_the_wire() -> None:
+    """With `connections=2`, six answers held back 0.1 s each take at least 0.3 s."""
+    wallet = Wallet(faults=Faults(slow_every=1, slow_s=0.1))
+    async with serving(wallet) as server, PlatformClient(server.url, connections=2) as client:
+        started = time.perf_counter()
+        answers = await asyncio.gather(
+            *(client.adjust(adjustment(number=f"n-{i}")) for i in range(6))
+        )
+        elapsed = time.perf_counter() - started
+    assert [answer.outcome for answer in answers] == ["0"] * 6
+    assert elapsed >= 0.29

@@ -1,20 +1,20 @@
 """The platform's requests to an external system, and its reading of the answers.
 
-One `PlatformClient` per run: an `httpx.AsyncClient` on HTTP/1.1 keep-alive with a pool sized to
-the concurrency, and the platform's 3 s budget per request as a total deadline (httpx's own
-timeouts are per phase: connect, write and read could each take nearly 3 s). Every request
-carries a fresh `trace`, the `companyId`, a 13-digit ms `timestamp` and, when given, a bearer
-token; a header mapped to None in `headers=` is left out, which is how the kit sends requests the
-platform never would.
+One `PlatformClient` per run: an `aiohttp.ClientSession` on HTTP/1.1 keep-alive with a pool
+sized to the concurrency, and the platform's 3 s budget per request as a total deadline (waiting
+for a pooled connection, connecting, sending and reading the whole answer). The session is opened
+on the first request, inside the running loop. Every request carries a fresh `trace`, the
+`companyId`, a 13-digit ms `timestamp` and, when given, a bearer token; a header mapped to None
+in `headers=` is left out, which is how the kit sends requests the platform never would.
 
 Answers come back as `Answer`: HTTP status, envelope `code`, `msg`, `data`, and the `problems`
 found in the envelope (trace not echoed, `ok`/`fail` contradicting `code`, ...). Numbers in the
-body are parsed into `Decimal`, never floats.
+body are parsed into `Decimal`, never floats: the body is read as bytes and parsed here, whatever
+its Content-Type says.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import secrets
@@ -25,7 +25,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self
 
-import httpx
+import aiohttp
 import orjson
 
 from .money import format_amount, parse_amount
@@ -49,6 +49,7 @@ OPERATIONS = (OPEN_POSITION, NORMAL_CLOSE, ABNORMAL_OVERTRADING)
 BIZ_TYPE = {OPEN_POSITION: 1, NORMAL_CLOSE: 2, ABNORMAL_OVERTRADING: 2}  # market open / close
 
 PLATFORM_TIMEOUT_S = 3.0  # the platform cancels whatever is not answered within this
+KEEPALIVE_S = 5.0  # an idle pooled connection is closed after this
 MAX_NUMBER_LENGTH = 48  # requestUniqueNo, txid, userName
 USER_IP = "127.0.0.1"
 
@@ -236,7 +237,11 @@ def read_answer(
 
 class PlatformClient:
     """The platform's HTTP client towards one external system at `base_url` (e.g.
-    `http://127.0.0.1:8081/api`): one method per route, plus `post` for crafted requests."""
+    `http://127.0.0.1:8081/api`): one method per route, plus `post` for crafted requests.
+
+    A route is appended to `base_url`'s path. At most `connections` requests are on the wire at
+    once; the others wait for a pooled connection, within their own deadline. Redirects are not
+    followed. Use it from one event loop; `aclose()` (or leaving `async with`) closes the pool."""
 
     def __init__(
         self,
@@ -249,14 +254,14 @@ class PlatformClient:
     ) -> None:
         self.company_id = company_id
         self.timeout_s = timeout_s
+        self._base = base_url.rstrip("/")
+        self._connections = connections
         self._token = token
         self._traces = itertools.count(1)
         self._trace_prefix = f"pt-{secrets.token_hex(4)}-"
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-        )
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+        self._urls: dict[str, str] = {}
 
     async def __aenter__(self) -> Self:
         return self
@@ -270,7 +275,30 @@ class PlatformClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _http(self) -> aiohttp.ClientSession:
+        """The session, opened on first use: aiohttp binds it to the running loop."""
+        if self._session is None:
+            if self._closed:
+                raise RuntimeError("the PlatformClient is closed")
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self._connections, keepalive_timeout=KEEPALIVE_S
+                ),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                cookie_jar=aiohttp.CookieJar(unsafe=True),  # kept, even from an IP address
+            )
+        return self._session
+
+    def _url(self, route: str) -> str:
+        url = self._urls.get(route)
+        if url is None:
+            url = self._urls[route] = f"{self._base}/{route.lstrip('/')}"
+        return url
 
     def next_trace(self) -> str:
         return f"{self._trace_prefix}{next(self._traces)}"
@@ -289,7 +317,8 @@ class PlatformClient:
     ) -> Answer:
         """POST `body` (JSON-encoded unless already bytes) to `route`, with the platform's headers
         changed by `headers` (None removes one). Raises PlatformTimeout past the deadline and
-        PlatformUnreachable when no HTTP exchange happened."""
+        PlatformUnreachable when no HTTP exchange happened (a header value HTTP forbids, such as
+        one with a line break, is refused before sending, also as PlatformUnreachable)."""
         sent = dict(self.headers())
         for name, value in (headers or {}).items():
             if value is None:
@@ -298,18 +327,19 @@ class PlatformClient:
                 sent[name] = value
         sent["Content-Type"] = "application/json"
         content = body if isinstance(body, bytes) else orjson.dumps(body)
+        http = self._http()
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.timeout_s):
-                response = await self._http.post(route, content=content, headers=sent)
-        except (TimeoutError, httpx.TimeoutException) as exc:
+            async with http.post(
+                self._url(route), data=content, headers=sent, allow_redirects=False
+            ) as response:
+                status, answer = response.status, await response.read()
+        except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
             raise PlatformTimeout(f"{route}: no answer within {self.timeout_s:g} s") from exc
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, ValueError) as exc:
             raise PlatformUnreachable(f"{route}: {type(exc).__name__}: {exc}") from exc
         elapsed = time.perf_counter() - started
-        return read_answer(
-            route, response.status_code, response.content, sent.get("trace"), elapsed
-        )
+        return read_answer(route, status, answer, sent.get("trace"), elapsed)
 
     async def adjust(self, adjustment: Adjustment) -> Answer:
         return await self.post(ADJUST, adjustment.body())
