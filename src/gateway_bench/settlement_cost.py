@@ -10,8 +10,8 @@ CPU seconds:
 - `GetAccountByLogin` over TCP and `/get-user-amount` over HTTP: the same read of one account,
   no main loop and no commit in either, so their difference is what the HTTP path (aiohttp,
   the platform's headers, pydantic, the envelope) costs per request against the TCP protocol.
-  The HTTP reads come from a plain aiohttp client: the simulator's is too slow to keep the
-  gateway busy, and the gateway's CPU per request grows when it idles between requests.
+  The HTTP reads come from a plain aiohttp client kept busy enough that the gateway does not
+  idle between requests (its CPU per request grows when it does).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ request must still be answered within `settlement_answer_budget_ms` + `slack_ms`
 (`SERVICE_UNAVAILABLE` at the budget), the simulator's cancels must settle every one of those,
 and every wallet must still hold what its confirmed adjustments imply. Answer times are judged
 as the gateway reports them in each envelope (`tm`); the simulator's own clock, which adds its
-HTTP client's queueing (hundreds of ms on a loaded machine), is reported beside them.
+HTTP client's queueing on a loaded machine, is reported beside them.
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ class FaultSpec:
 
     accounts: int = 100
     # Lighter than the throughput phase: the answers' timing is the point, and the simulator's
-    # own queueing (its HTTP client's CPU per request grows with the pool) is in every latency
-    # it measures; a request it cannot even send within the platform's 3 s counts as unanswered.
+    # own queueing is in every latency it measures; a request it cannot even send within the
+    # platform's 3 s counts as unanswered.
     concurrency: int = 5
     duration_s: float = 20.0
     hold_s: float = 4.0

@@ -7,5 +7,5 @@
   or closed loop over many wallets, the platform's cancel after every timeout or failure, and at
   the end every wallet compared with what its confirmed adjustments imply;
 - the conformance kit (`kit`, with `kitreport`, `kitsession`, `probes` and `cases`): the cases of
-  SETTLEMENT.md section 10 against one funded wallet, PASS/FAIL per case.
+  docs/settlement.md section 10 against one funded wallet, PASS/FAIL per case.
 """

@@ -1,4 +1,4 @@
-"""The kit's money cases (SETTLEMENT.md sections 5 to 7 and 10): each operation type,
+"""The kit's money cases (docs/settlement.md sections 5 to 7 and 10): each operation type,
 idempotency, cancels in every state of their adjustment, a cancel racing its adjustment,
 ABNORMAL_OVERTRADING beyond the wallet, and the legacy transfer resent.
 

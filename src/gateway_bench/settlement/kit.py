@@ -4,7 +4,7 @@
     python -m gateway_bench.settlement.kit --url http://127.0.0.1:8081/api --login 7001 \\
         --currency USD
 
-runs the cases of SETTLEMENT.md section 10 against one funded wallet, one at a time, each
+runs the cases of docs/settlement.md section 10 against one funded wallet, one at a time, each
 checked against the wallet before and after; prints PASS/FAIL per case with a one-line reason,
 the cases whose money cannot be taken back with their net effect, and exits 0 when every case
 passed, 1 otherwise (2 on bad arguments). The last case, `final_balance`, checks that the wallet
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="manager-gateway settlement check",
         description=(
-            "Conformance kit for an External Settlement implementation (SETTLEMENT.md section "
+            "Conformance kit for an External Settlement implementation (docs/settlement.md section "
             "10): plays the trading platform against one funded wallet, prints PASS/FAIL per "
             "case, exits 0 when all pass. The wallet is left as found except for the cases "
             "listed at the end (a transfer adds money, ABNORMAL_OVERTRADING deducts some)."

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-MAX_DIGITS = 8  # amountDigits is 0 to 8 (SETTLEMENT.md section 4)
+MAX_DIGITS = 8  # amountDigits is 0 to 8 (docs/settlement.md section 4)
 MAX_AMOUNT = Decimal(1_000_000_000)  # the largest |amount| an external system must accept
 
 _AMOUNT = re.compile(r"-?\d+(?:\.\d+)?")
