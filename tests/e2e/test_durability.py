@@ -26,7 +26,7 @@ import pytest
 from manager_gateway.runtime.records import Cmd
 from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
 
-from ..conftest import DEMO_USER, Client
+from ..conftest import DEMO_USER, POLL_ROUNDS, Client
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +43,8 @@ TRIGGER_AFTER = 300  # answers received before the server is killed or stopped
 KILL_ROUNDS = 4  # SIGKILLs on the same data dir, each followed by a restart
 KILL_NEW_PER_ROUND = 240  # fresh operations queued per round (most are cut off by the kill)
 KILL_RETRIES_PER_ROUND = 60  # earlier extIDs resent per round, answered or lost alike
+#: Fixed, so every run kills at the same points; KILL_SEED=<n> in the environment tries others.
+DEFAULT_KILL_SEED = 20261201
 KILL_AFTER = (20, 200)  # bounds of the (seeded) number of answers before the kill
 KILL_MAX_CENTS = 100_000  # one operation moves at most 1,000.00 ...
 SEED_AMOUNT = 1_000_000.0  # ... so debits never meet NOT_ENOUGH_MONEY on a seeded account
@@ -414,7 +416,8 @@ def record_answers(
 async def test_repeated_sigkill_under_load_loses_nothing_answered(tmp_path: Path) -> None:
     """Seeded rounds of load, SIGKILL after a random number of answers, restart on the same data:
     the ledger verifies, answered work is there once, retries get their original outcome."""
-    seed = int(os.environ.get("KILL_SEED", random.randrange(2**32)))
+    seed = int(os.environ.get("KILL_SEED", DEFAULT_KILL_SEED))
+    print(f"KILL_SEED={seed}")  # shown with -s, and in the report when the test fails
     rng = random.Random(seed)
     data_dir, log_path = tmp_path / "data", tmp_path / "server.log"
     clients: list[Client] = []
@@ -495,19 +498,68 @@ async def test_repeated_sigkill_under_load_loses_nothing_answered(tmp_path: Path
         await server.stop()
 
 
+def hold_write_lock(data_dir: Path) -> sqlite3.Connection:
+    """Take the ledger's write lock from another process's connection, as a backup would: the
+    gateway's commits wait for it (up to its busy timeout). ROLLBACK and close to let go."""
+    holder = sqlite3.connect(data_dir / LEDGER_FILE, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    return holder
+
+
+async def assert_refused(port: int) -> None:
+    """A new connection to `port` is refused, or closed unanswered if the kernel took it in."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return
+    try:
+        writer.write(b'{"command":"HealthCheck","extID":"refused","data":{}}\r\n')
+        assert await asyncio.wait_for(reader.read(), EXIT_TIMEOUT_S) == b"", "accepted"
+    except ConnectionResetError:
+        pass
+    finally:
+        writer.close()
+
+
 async def test_sigterm_under_load_answers_everything_and_exits_cleanly(tmp_path: Path) -> None:
-    """SIGTERM mid-burst: exit 0, every request sent got 200 or 503, 200s are in the ledger."""
+    """SIGTERM mid-burst, the drain held open by a write lock the test takes on the ledger: while
+    it drains, requests (HealthCheck included) are answered 503 SHUTTING_DOWN and a new
+    connection is refused; once the lock goes, exit 0, every request sent got 200 or 503, the
+    200s are in the ledger and the 503s are not."""
     data_dir, log_path = tmp_path / "data", tmp_path / "server.log"
     clients: list[Client] = []
-    server = await Server.start(data_dir, log_path)
+    # A long busy timeout: the commits in flight wait for the test's lock instead of failing.
+    server = await Server.start(data_dir, log_path, {"ledger_busy_timeout_ms": "60000"})
+    holder = None
     try:
         token = await admin_token(data_dir)
         await create_accounts(await connect(server, token, clients))
+        probe = await connect(server, token, clients)
         conns = await connect_many(server, token, clients)
-        burst = Burst(
-            TRIGGER_AFTER, lambda: server.proc.send_signal(signal.SIGTERM), send_after_trigger=True
+        triggered = asyncio.Event()
+        burst = Burst(TRIGGER_AFTER, triggered.set, send_after_trigger=True)
+        running = asyncio.create_task(burst.run(conns, burst_requests("term")))
+        await asyncio.wait_for(triggered.wait(), BURST_TIMEOUT_S)
+        holder = hold_write_lock(data_dir)  # from here on the drain cannot finish
+        server.proc.send_signal(signal.SIGTERM)
+        # HealthCheck round trips until the signal is handled: 200 before, 503 once draining.
+        for _ in range(POLL_ROUNDS):
+            health = await probe.request("HealthCheck", ext_id=probe.next_ext_id())
+            if health["status"] != 200:
+                break
+        assert (health["status"], health.get("error")) == (503, "SHUTTING_DOWN"), health
+        late_data = {"login": LOGINS[0], "amount": 1.0, "comment": "late"}
+        late = await probe.request("CreditIn", late_data, ext_id="term-late")
+        assert (late["extID"], late["status"], late["error"]) == (
+            "term-late",
+            503,
+            "SHUTTING_DOWN",
         )
-        await burst.run(conns, burst_requests("term"))
+        await assert_refused(server.port)
+        holder.execute("ROLLBACK")
+        holder.close()
+        holder = None
+        await running
         assert await server.wait() == 0
         for client in conns:
             await asyncio.wait_for(client.closed.wait(), EXIT_TIMEOUT_S)
@@ -539,14 +591,19 @@ async def test_sigterm_under_load_answers_everything_and_exits_cleanly(tmp_path:
                 request.data["comment"],
             )
         # Nothing applied twice, nothing applied that was refused with 503.
+        comments = [comment for _, _, _, comment in rows.values()]
+        assert "late" not in comments
         by_comment = {r.data["comment"]: r.ext_id for r in burst.sent}
-        applied_ext_ids = [by_comment[comment] for _, _, _, comment in rows.values()]
+        applied_ext_ids = [by_comment[comment] for comment in comments]
         assert sorted(applied_ext_ids) == sorted(set(applied_ext_ids))
         refused = {ext_id for ext_id, a in outcomes.items() if a["status"] == 503}
         assert refused.isdisjoint(applied_ext_ids)
         await close_all(clients)
         await assert_ledger_verifies(data_dir)
     finally:
+        if holder is not None:
+            holder.execute("ROLLBACK")
+            holder.close()
         await close_all(clients)
         await server.stop()
 
