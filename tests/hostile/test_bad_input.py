@@ -47,7 +47,10 @@ async def seeded_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     hashes its password on purpose slowly, and a hundred cases would wait for it."""
     if not _SEEDED:
         data_dir = tmp_path_factory.mktemp("seeded") / "data"
-        gateway = Gateway(load_settings(None, host="127.0.0.1", port=0, data_dir=data_dir))
+        settings = load_settings(
+            None, host="127.0.0.1", port=0, settlement_port=0, data_dir=data_dir
+        )
+        gateway = Gateway(settings)
         await gateway.start()
         harness = Harness(gateway, data_dir)
         try:

@@ -28,6 +28,8 @@ def verify_ledger(data_dir: Path) -> tuple[list[str], str]:
     db = sqlite3.connect(path)
     try:
         return _verify(db)
+    except sqlite3.DatabaseError as exc:  # a damaged page: say so, as a problem, not a traceback
+        return [f"sqlite could not read the ledger: {exc}"], "unreadable"
     finally:
         db.close()
 
