@@ -32,6 +32,9 @@ pytestmark = pytest.mark.slow
 
 CLI = (sys.executable, "-m", "manager_gateway.cli")
 LISTENING = re.compile(rb"^manager-gateway listening on 127\.0\.0\.1:(\d+)\r?\n$")
+SETTLEMENT_LISTENING = re.compile(
+    rb"^manager-gateway settlement listening on 127\.0\.0\.1:(\d+)\r?\n$"
+)
 START_TIMEOUT_S = 20
 EXIT_TIMEOUT_S = 20
 BURST_TIMEOUT_S = 60
@@ -79,9 +82,15 @@ class Server:
 
     @classmethod
     async def start(
-        cls, data_dir: Path, log_path: Path, settings: dict[str, str] | None = None
+        cls,
+        data_dir: Path,
+        log_path: Path,
+        settings: dict[str, str] | None = None,
+        settlement_port: int = 0,
     ) -> Server:
-        """`serve` in a subprocess; `settings` become GATEWAY_* environment variables."""
+        """`serve` in a subprocess; `settings` become GATEWAY_* environment variables. The
+        settlement listener is off unless `settlement_port` is given (it then reads the second
+        line too)."""
         log = log_path.open("ab")
         env = {**os.environ, **{f"GATEWAY_{k.upper()}": v for k, v in (settings or {}).items()}}
         try:
@@ -93,7 +102,7 @@ class Server:
                 "--port",
                 "0",
                 "--settlement-port",
-                "0",
+                str(settlement_port),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
                 cwd=data_dir.parent,
@@ -109,6 +118,9 @@ class Server:
             match = LISTENING.match(line)
             assert match, f"unexpected first line {line!r}; log:\n{log_path.read_text()}"
             server.port = int(match.group(1))
+            if settlement_port:
+                line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
+                assert SETTLEMENT_LISTENING.match(line), f"unexpected second line {line!r}"
         except BaseException:
             await server.stop()
             raise

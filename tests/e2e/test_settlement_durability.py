@@ -18,7 +18,6 @@ import asyncio
 import errno
 import os
 import random
-import re
 import signal
 import sqlite3
 from collections import Counter, deque
@@ -38,9 +37,6 @@ from manager_gateway.settlement.http import ADJUST, CANCEL
 from ..conftest import DEMO_USER, Client, unused_port
 from ..platform import COMPANY, Platform, adjustment, cancellation
 from .test_durability import (
-    CLI,
-    LISTENING,
-    START_TIMEOUT_S,
     Server,
     admin_token,
     assert_ledger_verifies,
@@ -51,9 +47,6 @@ from .test_durability import (
 pytestmark = pytest.mark.slow
 
 KILL_SEED = int(os.environ.get("SETTLEMENT_KILL_SEED", "20260314"))
-SETTLEMENT_LISTENING = re.compile(
-    rb"^manager-gateway settlement listening on 127\.0\.0\.1:(\d+)\r?\n$"
-)
 PORT_ATTEMPTS = 5
 LOGINS = (9101, 9102, 9103, 9104)
 FUNDED = Decimal("300.00")  # before the burst: deductions meet INSUFFICIENT_FUNDS now and then
@@ -91,38 +84,16 @@ class Item:
 
 
 async def start_server(data_dir: Path, log_path: Path) -> tuple[Server, int]:
-    """`serve` with its settlement listener on; (the server, the settlement port).
-
-    `Server.start` runs `serve --settlement-port 0` (listener off, and the flag beats the
-    environment), so the process is started here and handed to `Server` for the rest."""
+    """`serve` with its settlement listener on a port free a moment ago (another if it was
+    taken since); (the server, the settlement port)."""
     for _ in range(PORT_ATTEMPTS):
-        log = log_path.open("ab")
+        port = unused_port()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *CLI, "serve", "--data-dir", str(data_dir), "--port", "0",
-                "--settlement-port", str(unused_port()),
-                stdout=asyncio.subprocess.PIPE, stderr=log, cwd=data_dir.parent,
-            )  # fmt: skip
-        except BaseException:
-            log.close()
-            raise
-        server = Server(proc, 0, log)
-        try:
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
-            if not line and os.strerror(errno.EADDRINUSE) in log_path.read_text():
-                await server.stop()  # the settlement port was taken meanwhile: another one
-                continue
-            match = LISTENING.match(line)
-            assert match, f"unexpected first line {line!r}; log:\n{log_path.read_text()}"
-            server.port = int(match.group(1))
-            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
-            settlement = SETTLEMENT_LISTENING.match(line)
-            assert settlement, f"unexpected second line {line!r}"
-        except BaseException:
-            await server.stop()
-            raise
-        return server, int(settlement.group(1))
+            return await Server.start(data_dir, log_path, settlement_port=port), port
+        except AssertionError:
+            if os.strerror(errno.EADDRINUSE) not in log_path.read_text():
+                raise
+    raise AssertionError("no free port for the settlement listener")
     raise AssertionError("no free settlement port")
 
 
