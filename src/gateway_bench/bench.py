@@ -20,13 +20,13 @@ failed (the rest still run and results.json is still written); 2 on bad argument
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from .eventloop import run_on_uvloop
 from .fanout import FanoutSpec
 from .idle import IdleSpec
 from .pending import PendingSpec
@@ -36,7 +36,6 @@ from .settlement_phase import FaultSpec, SettlementSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 REFERENCE_S = 3.0  # each of the settlement phase's reference runs (CPU per request)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -215,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     bench = Bench(options)
-    results = _run(bench.run())
+    results = run_on_uvloop(bench.run())
     written = bench.write(results)
     print()
     print(summary_table(results))
@@ -224,17 +223,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{sum(path.suffix == '.png' for path in written)} plots"
     )
     return EXIT_FAILED if results["failures"] else EXIT_OK
-
-
-def _run(coroutine: Awaitable[T]) -> T:
-    async def wrapped() -> T:
-        return await coroutine
-
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(wrapped())
-    return uvloop.run(wrapped())
 
 
 if __name__ == "__main__":

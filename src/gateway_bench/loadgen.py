@@ -11,15 +11,15 @@ error or did not match its request, 2 on bad arguments, 0 otherwise.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from .eventloop import run_on_uvloop
 from .result import LoadResult
 from .runner import run_load
 from .setup import LoadError
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        result = _run(run_load(spec))
+        result = run_on_uvloop(run_load(spec))
     except (LoadError, OSError) as exc:
         print(f"loadgen: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -168,14 +168,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         written = write_outputs(result, args.out)
         print("wrote " + ", ".join(str(path) for path in written))
     return EXIT_FAILED if result.failed else EXIT_OK
-
-
-def _run(coroutine: Coroutine[Any, Any, LoadResult]) -> LoadResult:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
 
 
 if __name__ == "__main__":

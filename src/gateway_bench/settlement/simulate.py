@@ -12,16 +12,16 @@ otherwise. Timeouts and refusals are measured, not failures: the platform cancel
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from ..eventloop import run_on_uvloop
 from .platform import PLATFORM_TIMEOUT_S
 from .simresult import SimulationResult
 from .simspec import DEFAULT_MIX, SimulationSpec, parse_logins, parse_mix
@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        result = _run(run_simulation(spec))
+        result = run_on_uvloop(run_simulation(spec))
     except (SimulationError, OSError) as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -200,14 +200,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         written = write_outputs(result, args.out)
         print("wrote " + ", ".join(str(path) for path in written))
     return EXIT_FAILED if result.failed else EXIT_OK
-
-
-def _run(coroutine: Coroutine[Any, Any, SimulationResult]) -> SimulationResult:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
 
 
 if __name__ == "__main__":
