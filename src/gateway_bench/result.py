@@ -8,11 +8,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 from .checks import AnswerChecker
 from .histogram import LatencyHistogram
+from .progress import ProgressBar
 from .spec import LoadSpec
 
 if TYPE_CHECKING:
-    from tqdm import tqdm
-
     from .runner import _Run
 
 
@@ -163,31 +162,16 @@ class Progress:
     """A tqdm bar of ok answers, updated once per timeline interval with rate and p99."""
 
     def __init__(self, spec: LoadSpec, stream: IO[str]) -> None:
-        from tqdm import tqdm  # imported here: a library run without progress never needs it
-
-        # tqdm's own rate would count warmup time too: the postfix carries the interval's rate.
-        counted = "{percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt}" if spec.requests else "{n_fmt}"
-        self.bar: tqdm[Any] = tqdm(
-            total=spec.requests,
-            file=stream,
-            dynamic_ncols=True,
-            mininterval=0,
-            desc="warmup" if spec.warmup_s else "load",
-            bar_format="{desc} " + counted + " ok [{elapsed}{postfix}]",
-        )
+        self.bar = ProgressBar(stream, spec.requests, spec.warmup_s, label="load", unit="ok")
 
     def update(self, stats: dict[str, Any], checker: AnswerChecker) -> None:
         """After each timeline interval: the count so far, that interval's rate and p99."""
         p99 = "-" if stats["p99_ms"] is None else f"{stats['p99_ms']:.2f}"
-        self.bar.set_description_str("load", refresh=False)
-        self.bar.set_postfix_str(
+        self.bar.update(
+            checker.ok,
             f"{stats['rps']:.0f} ok/s, p99 {p99} ms, errors {checker.error_count}, "
             f"mismatches {checker.mismatches}",
-            refresh=False,
         )
-        self.bar.update(checker.ok - self.bar.n)
 
     def close(self, checker: AnswerChecker) -> None:
-        self.bar.set_description_str("load", refresh=False)
-        self.bar.update(checker.ok - self.bar.n)
-        self.bar.close()
+        self.bar.close(checker.ok)

@@ -6,13 +6,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from ..histogram import LatencyHistogram
+from ..progress import ProgressBar
 from .simspec import SimulationSpec
-
-if TYPE_CHECKING:
-    from tqdm import tqdm
 
 PROBLEM_EXAMPLES = 5
 
@@ -201,28 +199,17 @@ class Progress:
     """A tqdm bar of answered adjustments, updated once per timeline interval."""
 
     def __init__(self, spec: SimulationSpec, stream: IO[str]) -> None:
-        from tqdm import tqdm  # imported here: a library run without progress never needs it
-
-        counted = "{percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt}" if spec.requests else "{n_fmt}"
-        self.bar: tqdm[Any] = tqdm(
-            total=spec.requests,
-            file=stream,
-            dynamic_ncols=True,
-            mininterval=0,
-            desc="warmup" if spec.warmup_s else "settle",
-            bar_format="{desc} " + counted + " answered [{elapsed}{postfix}]",
+        self.bar = ProgressBar(
+            stream, spec.requests, spec.warmup_s, label="settle", unit="answered"
         )
 
     def update(self, stats: dict[str, Any], tally: Tally) -> None:
         p99 = "-" if stats["p99_ms"] is None else f"{stats['p99_ms']:.1f}"
-        self.bar.set_description_str("settle", refresh=False)
-        self.bar.set_postfix_str(
+        self.bar.update(
+            tally.answered,
             f"{stats['answers'] / stats['duration_s']:.0f}/s, p99 {p99} ms, "
             f"timeouts {tally.timeouts}, cancels {sum(tally.cancels.values())}",
-            refresh=False,
         )
-        self.bar.update(tally.answered - self.bar.n)
 
     def close(self, tally: Tally) -> None:
-        self.bar.update(tally.answered - self.bar.n)
-        self.bar.close()
+        self.bar.close(tally.answered, relabel=False)
