@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .plot import draw_spectrum
+from .plot import draw_spectrum, save_figure
 
 
 def comparison_chart(runs: dict[str, dict[str, Any]], path: Path) -> Path:
@@ -75,6 +74,4 @@ def pending_memory_chart(pending: dict[str, Any], path: Path) -> Path:
 
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path)

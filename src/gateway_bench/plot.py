@@ -8,8 +8,9 @@ spreads the tail (90%, 99%, 99.9%, ...) evenly instead of squashing it against t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -25,8 +26,8 @@ def plot_result(result: LoadResult, out_dir: Path, name: str) -> list[Path]:
     """Write `<name>-timeline.png` and `<name>-latency.png` into `out_dir`; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
-        _save(_timeline_figure(result, name), out_dir / f"{name}-timeline.png"),
-        _save(_distribution_figure(result, name), out_dir / f"{name}-latency.png"),
+        save_figure(_timeline_figure(result, name), out_dir / f"{name}-timeline.png"),
+        save_figure(_distribution_figure(result, name), out_dir / f"{name}-latency.png"),
     ]
 
 
@@ -38,20 +39,29 @@ def _timeline_figure(result: LoadResult, name: str) -> Figure:
     rate_ax.set_ylabel("ok answers / s")
     rate_ax.set_ylim(bottom=0)
     rate_ax.set_title(f"{name}: {result.rps:.0f} ok/s over {result.duration_s:.1f} s")
-    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
-        points = [
-            (t, row[key])
-            for t, row in zip(times, result.timeline, strict=True)
-            if row[key] is not None
-        ]
-        latency_ax.plot([t for t, _ in points], [v for _, v in points], marker=".", label=label)
-    latency_ax.set_ylabel("latency (ms)")
-    latency_ax.set_xlabel("seconds since measuring began (end of each interval)")
-    latency_ax.set_ylim(bottom=0)
-    latency_ax.legend(loc="upper left")
+    draw_latency_timeline(latency_ax, times, result.timeline)
     for ax in (rate_ax, latency_ax):
         ax.grid(True, alpha=0.3)
     return fig
+
+
+def draw_latency_timeline(
+    ax: Axes,
+    times: Sequence[float],
+    rows: Sequence[Mapping[str, Any]],
+    overlay: Callable[[Axes], None] | None = None,
+) -> None:
+    """Each interval's p50 and p99 at `times`; `overlay` draws more on `ax` before it is scaled
+    and given its labels and legend."""
+    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
+        points = [(t, row[key]) for t, row in zip(times, rows, strict=True) if row[key] is not None]
+        ax.plot([t for t, _ in points], [v for _, v in points], marker=".", label=label)
+    if overlay is not None:
+        overlay(ax)
+    ax.set_ylabel("latency (ms)")
+    ax.set_xlabel("seconds since measuring began (end of each interval)")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left")
 
 
 def _distribution_figure(result: LoadResult, name: str) -> Figure:
@@ -90,7 +100,7 @@ def draw_spectrum(
     ax.grid(True, which="major", alpha=0.3)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=100)
     return path

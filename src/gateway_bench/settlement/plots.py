@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..plot import draw_spectrum
+from ..plot import draw_latency_timeline, draw_spectrum, save_figure
 from .simresult import SimulationResult
 
 
@@ -17,8 +16,8 @@ def plot_simulation(result: SimulationResult, out_dir: Path, name: str) -> list[
     """Write `<name>-timeline.png` and `<name>-latency.png` into `out_dir`; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return [
-        _save(_timeline_figure(result, name), out_dir / f"{name}-timeline.png"),
-        _save(_spectrum_figure(result, name), out_dir / f"{name}-latency.png"),
+        save_figure(_timeline_figure(result, name), out_dir / f"{name}-timeline.png"),
+        save_figure(_spectrum_figure(result, name), out_dir / f"{name}-latency.png"),
     ]
 
 
@@ -38,14 +37,7 @@ def _timeline_figure(result: SimulationResult, name: str) -> Figure:
         f"{name}: {result.adjustments_per_s:.0f} adjustments/s over {result.duration_s:.1f} s, "
         f"{result.measured.timeouts} timeouts, {len(result.mismatches)} wallet mismatches"
     )
-    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
-        points = [(t, row[key]) for t, row in zip(times, rows, strict=True) if row[key] is not None]
-        latency_ax.plot([t for t, _ in points], [v for _, v in points], marker=".", label=label)
-    _budget_line(latency_ax, result)
-    latency_ax.set_ylabel("latency (ms)")
-    latency_ax.set_xlabel("seconds since measuring began (end of each interval)")
-    latency_ax.set_ylim(bottom=0)
-    latency_ax.legend(loc="upper left")
+    draw_latency_timeline(latency_ax, times, rows, lambda ax: _budget_line(ax, result))
     for ax in (rate_ax, latency_ax):
         ax.grid(True, alpha=0.3)
     return fig
@@ -79,9 +71,3 @@ def _budget_line(ax: Axes, result: SimulationResult) -> None:
         ax.axhline(budget_ms, color="gray", linestyle="--", label=label)
     else:
         ax.plot([], [], color="gray", linestyle="--", label=f"{label} (off the scale)")
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=100)
-    return path
