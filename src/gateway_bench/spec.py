@@ -44,18 +44,9 @@ class LoadSpec:
             raise ValueError(f"connections must be at least 1, got {self.connections}")
         if self.rate is None and self.inflight < 1:
             raise ValueError(f"inflight must be at least 1, got {self.inflight}")
-        if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
-            raise ValueError(f"rate must be a positive number of requests/s, got {self.rate}")
-        if self.duration_s is None and self.requests is None:
-            raise ValueError("give a duration or a number of requests")
-        if self.duration_s is not None and not (0 < self.duration_s < math.inf):
-            raise ValueError(f"duration must be positive, got {self.duration_s}")
-        if self.requests is not None and self.requests < 1:
-            raise ValueError(f"requests must be at least 1, got {self.requests}")
-        if not 0 <= self.warmup_s < math.inf:
-            raise ValueError(f"warmup must be zero or positive, got {self.warmup_s}")
-        if not self.timeout_s > 0:
-            raise ValueError(f"timeout must be positive, got {self.timeout_s}")
+        check_pacing(
+            self.rate, "requests/s", self.duration_s, self.requests, self.warmup_s, self.timeout_s
+        )
         if self.accounts < 1:
             raise ValueError(f"accounts must be at least 1, got {self.accounts}")
         if not self.mix:
@@ -78,13 +69,41 @@ class LoadSpec:
         return settings
 
 
+def check_pacing(
+    rate: float | None,
+    rate_unit: str,
+    duration_s: float | None,
+    requests: int | None,
+    warmup_s: float,
+    timeout_s: float,
+) -> None:
+    """The checks a load run and a settlement simulation share: open-loop rate (in `rate_unit`),
+    when to stop, warmup and timeout; ValueError naming the first bad one."""
+    if rate is not None and not (rate > 0 and math.isfinite(rate)):
+        raise ValueError(f"rate must be a positive number of {rate_unit}, got {rate}")
+    if duration_s is None and requests is None:
+        raise ValueError("give a duration or a number of requests")
+    if duration_s is not None and not (0 < duration_s < math.inf):
+        raise ValueError(f"duration must be positive, got {duration_s}")
+    if requests is not None and requests < 1:
+        raise ValueError(f"requests must be at least 1, got {requests}")
+    if not 0 <= warmup_s < math.inf:
+        raise ValueError(f"warmup must be zero or positive, got {warmup_s}")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout must be positive, got {timeout_s}")
+
+
+def check_weight(name: str, weight: float) -> None:
+    if not (weight > 0 and math.isfinite(weight)):
+        raise ValueError(f"weight of {name} must be a positive number, got {weight}")
+
+
 def check_mix_entry(command: str, weight: float) -> None:
     if command not in LOAD_COMMANDS:
         raise ValueError(
             f"unknown command {command!r} in the mix; known: {', '.join(LOAD_COMMANDS)}"
         )
-    if not (weight > 0 and math.isfinite(weight)):
-        raise ValueError(f"weight of {command} must be a positive number, got {weight}")
+    check_weight(command, weight)
 
 
 def parse_mix(text: str) -> dict[str, float]:

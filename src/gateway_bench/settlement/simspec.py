@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 import secrets
 import time
@@ -10,6 +9,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
 from typing import Any
 
+from ..spec import check_pacing, check_weight
 from .money import MAX_AMOUNT, from_units, quantum, units
 from .platform import (
     ABNORMAL_OVERTRADING,
@@ -54,18 +54,14 @@ class SimulationSpec:
             raise ValueError("the login range is empty")
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
-        if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
-            raise ValueError(f"rate must be a positive number of adjustments/s, got {self.rate}")
-        if self.duration_s is None and self.requests is None:
-            raise ValueError("give a duration or a number of requests")
-        if self.duration_s is not None and not 0 < self.duration_s < math.inf:
-            raise ValueError(f"duration must be positive, got {self.duration_s}")
-        if self.requests is not None and self.requests < 1:
-            raise ValueError(f"requests must be at least 1, got {self.requests}")
-        if not 0 <= self.warmup_s < math.inf:
-            raise ValueError(f"warmup must be zero or positive, got {self.warmup_s}")
-        if not self.timeout_s > 0:
-            raise ValueError(f"timeout must be positive, got {self.timeout_s}")
+        check_pacing(
+            self.rate,
+            "adjustments/s",
+            self.duration_s,
+            self.requests,
+            self.warmup_s,
+            self.timeout_s,
+        )
         if self.cancel_attempts < 1:
             raise ValueError(f"cancel attempts must be at least 1, got {self.cancel_attempts}")
         if not self.cancel_backoff_s >= 0:
@@ -103,8 +99,7 @@ def check_mix(mix: dict[str, float]) -> None:
             raise ValueError(
                 f"unknown operation type {operation!r}; known: {', '.join(OPERATIONS)}"
             )
-        if not (weight > 0 and math.isfinite(weight)):
-            raise ValueError(f"weight of {operation} must be a positive number, got {weight}")
+        check_weight(operation, weight)
 
 
 def parse_mix(text: str) -> dict[str, float]:
