@@ -22,7 +22,7 @@ import asyncio
 import secrets
 import sys
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from .checks import AnswerChecker
 from .client import GatewayClient, encode_request
@@ -111,9 +111,43 @@ class _Connection:
         self.run.maybe_finish()
 
 
-class _Run:
+class _RequestLimit(Protocol):
+    @property
+    def requests(self) -> int | None: ...
+
+
+class SendWindow:
+    """Whether a run may send at `at` and its count of measured sends, for the load generator's
+    run and the settlement simulator's: sending stops for good at `t_end` or once `spec.requests`
+    measured ones (sent at or after `t_measure`) went out."""
+
+    spec: _RequestLimit
+    sending_done: bool
+    measured_sent: int
+    t_measure: float
+    t_end: float
+
+    def may_send(self, at: float) -> bool:
+        if self.sending_done:
+            return False
+        if at >= self.t_end or (
+            self.spec.requests is not None and self.measured_sent >= self.spec.requests
+        ):
+            self.sending_done = True
+            return False
+        return True
+
+    def count_send(self, at: float) -> bool:
+        """Count a request sent (or intended) at `at`; True when it is measured (not warmup)."""
+        if at >= self.t_measure:
+            self.measured_sent += 1
+            return True
+        return False
+
+
+class _Run(SendWindow):
     def __init__(self, spec: LoadSpec, clients: list[GatewayClient]) -> None:
-        self.spec = spec
+        self.spec: LoadSpec = spec
         self.closed_loop = spec.closed_loop
         self.conns = [_Connection(self, client) for client in clients]
         for client in clients:
@@ -176,23 +210,6 @@ class _Run:
             if self.progress is not None:
                 self.progress.close(self.checker)
         return LoadResult.build(self, max(end - self.t_measure, 1e-9))
-
-    def may_send(self, at: float) -> bool:
-        if self.sending_done:
-            return False
-        if at >= self.t_end or (
-            self.spec.requests is not None and self.measured_sent >= self.spec.requests
-        ):
-            self.sending_done = True
-            return False
-        return True
-
-    def count_send(self, at: float) -> bool:
-        """Count a request sent (or intended) at `at`; True when it is measured (not warmup)."""
-        if at >= self.t_measure:
-            self.measured_sent += 1
-            return True
-        return False
 
     def maybe_finish(self) -> None:
         if self.outstanding or self._finished is None or self._finished.done():

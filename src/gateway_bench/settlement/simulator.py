@@ -18,6 +18,7 @@ import time
 from decimal import Decimal
 
 from ..histogram import Timeline
+from ..runner import SendWindow
 from .ledger import Ledger, implied_movement
 from .money import parse_amount
 from .platform import FINAL_CANCEL_CODES, Adjustment, Cancel, PlatformClient, PlatformError
@@ -106,13 +107,13 @@ async def read_wallet(
     raise SimulationError(f"cannot read wallet {login}: {reason}")
 
 
-class _Simulation:
+class _Simulation(SendWindow):
     """One run's sending, cancelling and counting."""
 
     def __init__(
         self, spec: SimulationSpec, client: PlatformClient, start: dict[int, tuple[Decimal, int]]
     ) -> None:
-        self.spec = spec
+        self.spec: SimulationSpec = spec
         self.client = client
         self.source = AdjustmentSource(
             spec, {login: digits for login, (_, digits) in start.items()}
@@ -154,26 +155,9 @@ class _Simulation:
             if self.progress is not None:
                 self.progress.close(self.measured)
 
-    def _may_send(self, at: float) -> bool:
-        if self.sending_done:
-            return False
-        if at >= self.t_end or (
-            self.spec.requests is not None and self.measured_sent >= self.spec.requests
-        ):
-            self.sending_done = True
-            return False
-        return True
-
-    def _count_send(self, at: float) -> bool:
-        """Count an adjustment sent (or intended) at `at`; True when it is measured."""
-        if at >= self.t_measure:
-            self.measured_sent += 1
-            return True
-        return False
-
     async def _worker(self) -> None:
-        while self._may_send(now := time.perf_counter()):
-            await self._settle(now, self._count_send(now))
+        while self.may_send(now := time.perf_counter()):
+            await self._settle(now, self.count_send(now))
 
     async def _schedule(self) -> None:
         assert self.spec.rate is not None
@@ -183,9 +167,9 @@ class _Simulation:
             wait = due - time.perf_counter()
             if wait > 0:
                 await asyncio.sleep(wait)
-            if not self._may_send(due):
+            if not self.may_send(due):
                 return
-            task = asyncio.create_task(self._settle(due, self._count_send(due)))
+            task = asyncio.create_task(self._settle(due, self.count_send(due)))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
             sent += 1
