@@ -1,0 +1,55 @@
+"""tools/mutate: its module -> tests table points at real files, and --list runs no mutation."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOL = ROOT / "tools" / "mutate.py"
+
+
+def load_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mutate_tool", TOOL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table_names_only_existing_modules_and_tests() -> None:
+    """Every module in the table and every test path it maps to exists."""
+    table = load_tool().TESTS
+    assert table
+    missing = [p for m, tests in table.items() for p in (m, *tests) if not (ROOT / p).is_file()]
+    assert missing == []
+
+
+def test_list_prints_the_table_without_running_mutmut() -> None:
+    """--list with a package prints that package's rows and starts no mutation run."""
+    done = subprocess.run(
+        [sys.executable, str(TOOL), "--list", "src/manager_gateway/session/"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = done.stdout.splitlines()
+    assert rows[0].startswith("src/manager_gateway/session/access.py: tests/unit/test_access.py")
+    assert all(row.startswith("src/manager_gateway/session/") for row in rows)
+
+
+def test_unknown_module_is_refused() -> None:
+    """A module outside the table is refused with a message, not silently skipped."""
+    done = subprocess.run(
+        [sys.executable, str(TOOL), "--list", "src/manager_gateway/nope.py"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert "no core module" in done.stderr

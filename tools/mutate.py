@@ -1,0 +1,450 @@
+"""Mutation testing of the gateway's core with mutmut 3: a score per module and every survivor.
+
+    tools/mutate                                  # every core module in TESTS (an hour or more)
+    tools/mutate src/manager_gateway/waiters.py   # one module
+    tools/mutate src/manager_gateway/session/     # every module of a package
+    tools/mutate --list                           # the module -> tests table; runs nothing
+
+Each module is tested in its own scratch copy of the working tree (tracked and untracked files that
+git does not ignore) under `var/mutate/work/`, where mutmut makes its own `mutants/` copy: nothing
+in the tree other engineers run tests from is ever changed. mutmut is told to mutate that module
+only and to run the tests listed for it in TESTS; of those, it runs for each mutant only the tests
+that reached the mutated function. The score, the survivors (file:line and the diff) and the
+timeouts are printed and written as markdown to `--report` (default `var/mutate/report.md`).
+
+Limits, from mutmut 3's design: only code inside functions and methods is mutated (not module
+constants or class bodies), and a mutant only exists in the test process, so a test that drives a
+gateway in a subprocess cannot kill it. A timeout counts as caught, as in mutmut's own score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "var" / "mutate" / "work"
+DEFAULT_REPORT = ROOT / "var" / "mutate" / "report.md"
+PKG = "src/manager_gateway"
+
+# Core module -> the tests run against its mutants. Kept small: what exercises the module
+# through its own API plus the one or two end-to-end files that guard its failure paths.
+# tests/test_mutate_tool.py checks that every path here exists.
+TESTS: dict[str, tuple[str, ...]] = {
+    f"{PKG}/waiters.py": (
+        "tests/unit/test_waiters.py",
+        "tests/unit/test_waiter_simulation.py",
+        "tests/e2e/test_sync_timeout.py",
+    ),
+    f"{PKG}/server/connection.py": (
+        "tests/unit/test_connection.py",
+        "tests/unit/test_admission.py",
+        "tests/e2e/test_transport.py",
+        "tests/e2e/test_limits.py",
+        "tests/e2e/test_read_your_writes.py",
+    ),
+    f"{PKG}/server/app.py": (
+        "tests/unit/test_connection.py",
+        "tests/unit/test_admission.py",
+        "tests/e2e/test_shutdown.py",
+        "tests/e2e/test_sessions.py",
+        "tests/e2e/test_transport.py",
+    ),
+    f"{PKG}/commands/dispatch.py": (
+        "tests/unit/test_permissions.py",
+        "tests/e2e/test_commands.py",
+        "tests/e2e/test_sessions.py",
+        "tests/e2e/test_internal_errors.py",
+    ),
+    f"{PKG}/runtime/mainloop.py": (
+        "tests/unit/test_connection.py",
+        "tests/e2e/test_internal_errors.py",
+        "tests/e2e/test_sync_timeout.py",
+        "tests/e2e/test_shutdown.py",
+        "tests/e2e/test_ledger_failures.py",
+        "tests/e2e/test_idempotency.py",
+    ),
+    f"{PKG}/runtime/journal.py": (
+        "tests/unit/test_settlement_rules.py",
+        "tests/e2e/test_idempotency.py",
+        "tests/e2e/test_ledger_failures.py",
+        "tests/e2e/test_settlement.py",
+    ),
+    f"{PKG}/runtime/operations.py": (
+        "tests/unit/test_settlement_rules.py",
+        "tests/e2e/test_commands.py",
+        "tests/e2e/test_leaks.py",
+    ),
+    f"{PKG}/runtime/records.py": (
+        "tests/unit/test_settlement_rules.py",
+        "tests/e2e/test_ledger_failures.py",
+        "tests/e2e/test_ledger_verify.py",
+        "tests/e2e/test_idempotency.py",
+    ),
+    f"{PKG}/runtime/sqlite_ledger.py": (
+        "tests/e2e/test_ledger_failures.py",
+        "tests/e2e/test_ledger_verify.py",
+        "tests/e2e/test_ledger_lock.py",
+        "tests/e2e/test_key_expiry.py",
+        "tests/e2e/test_disk_full.py",
+        "tests/e2e/test_idempotency.py",
+        "tests/e2e/test_shutdown.py",
+    ),
+    f"{PKG}/runtime/state.py": (
+        "tests/unit/test_settlement_rules.py",
+        "tests/e2e/test_commands.py",
+    ),
+    f"{PKG}/runtime/storage.py": (
+        "tests/unit/test_connection.py",
+        "tests/e2e/test_ledger_failures.py",
+    ),
+    f"{PKG}/runtime/verify.py": (
+        "tests/e2e/test_ledger_verify.py",
+        "tests/e2e/test_ledger_failures.py",
+    ),
+    f"{PKG}/protocol/codec.py": (
+        "tests/unit/test_codec.py",
+        "tests/unit/test_ascii_frames.py",
+        "tests/unit/test_permissions.py",
+    ),
+    f"{PKG}/protocol/errors.py": (
+        "tests/unit/test_codec.py",
+        "tests/unit/test_waiters.py",
+        "tests/unit/test_models.py",
+    ),
+    f"{PKG}/protocol/framing.py": ("tests/unit/test_framing.py",),
+    f"{PKG}/protocol/models.py": ("tests/unit/test_models.py",),
+    f"{PKG}/protocol/money.py": (
+        "tests/unit/test_money.py",
+        "tests/unit/test_ascii_frames.py",
+    ),
+    f"{PKG}/session/access.py": (
+        "tests/unit/test_access.py",
+        "tests/unit/test_permissions.py",
+        "tests/e2e/test_sessions.py",
+    ),
+    f"{PKG}/session/passwords.py": ("tests/e2e/test_commands.py",),
+    f"{PKG}/session/permissions.py": (
+        "tests/unit/test_permissions.py",
+        "tests/e2e/test_sessions.py",
+    ),
+    f"{PKG}/session/session.py": (
+        "tests/unit/test_access.py",
+        "tests/unit/test_permissions.py",
+        "tests/e2e/test_sessions.py",
+        "tests/e2e/test_events.py",
+    ),
+    f"{PKG}/session/tokens.py": (
+        "tests/unit/test_tokens.py",
+        "tests/unit/test_access.py",
+    ),
+    f"{PKG}/settlement/codes.py": ("tests/unit/test_settlement_models.py",),
+    f"{PKG}/settlement/http.py": ("tests/e2e/test_settlement.py",),
+    f"{PKG}/settlement/models.py": ("tests/unit/test_settlement_models.py",),
+    f"{PKG}/settlement/report.py": ("tests/e2e/test_settlement_ledger.py",),
+    f"{PKG}/settlement/rules.py": ("tests/unit/test_settlement_rules.py",),
+    f"{PKG}/settlement/service.py": (
+        "tests/unit/test_settlement_models.py",
+        "tests/e2e/test_settlement.py",
+    ),
+}
+
+# mutmut's exit-code statuses that mean the tests noticed the mutant.
+CAUGHT = {"killed", "timeout", "caught by type check"}
+
+MUTANT_NAME = re.compile(
+    r"^(?P<module>[\w.]+?)\.x(?:ǁ(?P<cls>\w+)ǁ(?P<method>\w+)|_(?P<func>\w+))__mutmut_(?P<n>\d+)$"
+)
+HUNK = re.compile(r"^@@ -(?P<start>\d+)")
+
+
+@dataclass
+class Mutant:
+    name: str
+    status: str
+    function: str = ""
+    line: int = 0
+    diff: str = ""
+
+
+@dataclass
+class ModuleResult:
+    path: str
+    tests: tuple[str, ...]
+    seconds: float = 0.0
+    error: str = ""
+    mutants: list[Mutant] = field(default_factory=list)
+
+    def count(self, *statuses: str) -> int:
+        return sum(1 for m in self.mutants if m.status in statuses)
+
+    @property
+    def uncaught(self) -> list[Mutant]:
+        return [m for m in self.mutants if m.status not in CAUGHT]
+
+    def score_line(self) -> str:
+        if self.error:
+            return f"{self.path}: not scored ({self.error})"
+        total = len(self.mutants)
+        killed = self.count("killed", "caught by type check")
+        timeouts = self.count("timeout")
+        caught = killed + timeouts
+        pct = 100.0 * caught / total if total else 100.0
+        others = self.count("no tests")
+        extra = f", {others} reached by no test" if others else ""
+        survived = len(self.uncaught) - others
+        return (
+            f"{self.path}: {killed}/{total} killed, {timeouts} timeouts, {survived} survived"
+            f"{extra}; {pct:.1f} % caught, in {self.seconds:.0f} s"
+        )
+
+
+def select(names: list[str]) -> list[str]:
+    """The TESTS keys named: a module path, a package directory, or every one when none."""
+    if not names:
+        return list(TESTS)
+    chosen: list[str] = []
+    for name in names:
+        wanted = name.rstrip("/")
+        matches = [m for m in TESTS if m == wanted or m.startswith(wanted + "/")]
+        if not matches:
+            raise SystemExit(f"tools/mutate: no core module {name!r} (see tools/mutate --list)")
+        chosen += [m for m in matches if m not in chosen]
+    return chosen
+
+
+def working_tree_files() -> list[str]:
+    """Tracked files and untracked ones git does not ignore, as the scratch copies hold them."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout
+    return [p for p in out.decode().split("\0") if p and (ROOT / p).is_file()]
+
+
+def commit() -> str:
+    """HEAD's short hash, marked when src/ or tests/ differ from it."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "src", "tests"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return f"{head} (with uncommitted changes in src/ or tests/)" if dirty else head
+
+
+def mutmut_config(module: str, tests: tuple[str, ...], also_copy: list[str]) -> str:
+    """The [tool.mutmut] table for one module's scratch copy."""
+
+    def toml_list(items: list[str] | tuple[str, ...]) -> str:
+        return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+    return (
+        "\n\n[tool.mutmut]\n"
+        'source_paths = ["src/"]\n'
+        f"only_mutate = {toml_list([module])}\n"
+        f"pytest_add_cli_args_test_selection = {toml_list(tests)}\n"
+        'pytest_add_cli_args = ["-p", "no:cacheprovider"]\n'
+        f"also_copy = {toml_list(also_copy)}\n"
+        # The scratch copy lies inside this repository: keep mutmut's git probing out of it.
+        "use_git_change_detection = false\n"
+    )
+
+
+def prepare(module: str, files: list[str]) -> Path:
+    """A fresh scratch copy of the working tree for one module, configured for mutmut."""
+    work = WORK / module.removeprefix("src/").replace("/", "-").removesuffix(".py")
+    if work.exists():
+        shutil.rmtree(work)
+    for rel in files:
+        target = work / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+    top = sorted({rel.split("/", 1)[0] for rel in files} - {"src"})
+    pyproject = work / "pyproject.toml"
+    text = pyproject.read_text()
+    text = re.split(r"^\[tool\.mutmut\]", text, flags=re.M)[0]  # ours replaces any there
+    pyproject.write_text(text + mutmut_config(module, TESTS[module], top))
+    return work
+
+
+def mutmut(work: Path, *args: str, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    if log is None:
+        return subprocess.run(
+            [sys.executable, "-m", "mutmut", *args],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+    with log.open("w") as out:
+        return subprocess.run(
+            [sys.executable, "-m", "mutmut", *args],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+def function_node(source: str, cls: str | None, name: str) -> ast.AST | None:
+    tree = ast.parse(source)
+    body: list[ast.stmt] = tree.body
+    if cls is not None:
+        owner = next((n for n in body if isinstance(n, ast.ClassDef) and n.name == cls), None)
+        if owner is None:
+            return None
+        body = owner.body
+    funcs = (ast.FunctionDef, ast.AsyncFunctionDef)
+    return next((n for n in body if isinstance(n, funcs) and n.name == name), None)
+
+
+def locate(mutant: Mutant, source: str) -> None:
+    """Set the mutant's function and file line from its name and its function-relative diff."""
+    match = MUTANT_NAME.match(mutant.name)
+    if match is None:
+        return
+    cls, name = match["cls"], match["method"] or match["func"]
+    mutant.function = f"{cls}.{name}" if cls else name
+    node = function_node(source, cls, name)
+    if node is None or not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        return
+    first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+    lines = source.splitlines()
+    old_line, removed = 0, ""
+    for text in mutant.diff.splitlines():
+        hunk = HUNK.match(text)
+        if hunk:
+            old_line = int(hunk["start"])
+        elif text.startswith("-") and not text.startswith("---"):
+            removed = text[1:].strip()
+            break
+        elif text.startswith(" "):
+            old_line += 1
+    guess = node.lineno + old_line - 1 if old_line else node.lineno
+    end = node.end_lineno or len(lines)
+    if removed and not (0 < guess <= len(lines) and lines[guess - 1].strip() == removed):
+        found = [i for i in range(first, end + 1) if lines[i - 1].strip() == removed]
+        if found:
+            guess = min(found, key=lambda i: abs(i - guess))
+    mutant.line = guess
+
+
+def run_module(module: str, files: list[str], jobs: int) -> ModuleResult:
+    result = ModuleResult(module, TESTS[module])
+    work = prepare(module, files)
+    log = work / "mutmut.log"
+    print(f"== {module}: mutmut with {' '.join(result.tests)}", flush=True)
+    start = time.monotonic()
+    run = mutmut(work, "run", "--max-children", str(jobs), log=log)
+    result.seconds = time.monotonic() - start
+    if run.returncode != 0:
+        result.error = f"mutmut run exited {run.returncode}; see {log.relative_to(ROOT)}"
+        return result
+    listing = mutmut(work, "results", "--all", "true")
+    source = (ROOT / module).read_text()
+    for row in listing.stdout.splitlines():
+        name, _, status = row.strip().rpartition(": ")
+        if not name:
+            continue
+        mutant = Mutant(name, status)
+        if status not in CAUGHT:
+            shown = mutmut(work, "show", name).stdout
+            mutant.diff = "\n".join(shown.splitlines()[1:]).strip()  # drop mutmut's title line
+            locate(mutant, source)
+        result.mutants.append(mutant)
+    return result
+
+
+def survivor_heading(module: str, mutant: Mutant) -> str:
+    number = mutant.name.rsplit("__mutmut_", 1)[-1]
+    return f"{module}:{mutant.line} `{mutant.function}` mutant {number}: {mutant.status}"
+
+
+def report(results: list[ModuleResult], head: str, started: datetime, seconds: float) -> str:
+    out = [
+        "# Mutation testing report",
+        "",
+        f"{started:%Y-%m-%d %H:%M} UTC, commit {head}, mutmut, {seconds / 60:.1f} minutes.",
+        "",
+        "| module | mutants | killed | timeouts | survived | no tests | caught | time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r.error:
+            out.append(f"| `{r.path}` | {r.error} | | | | | | |")
+            continue
+        total = len(r.mutants)
+        caught = total - len(r.uncaught)
+        pct = 100.0 * caught / total if total else 100.0
+        out.append(
+            f"| `{r.path}` | {total} | {r.count('killed', 'caught by type check')} "
+            f"| {r.count('timeout')} | {len(r.uncaught) - r.count('no tests')} "
+            f"| {r.count('no tests')} | {pct:.1f} % | {r.seconds:.0f} s |"
+        )
+    for r in results:
+        out += ["", f"## `{r.path}`", "", "Tests: " + ", ".join(f"`{t}`" for t in r.tests), ""]
+        if not r.uncaught:
+            out.append("No survivors." if not r.error else r.error)
+            continue
+        for m in r.uncaught:
+            out += [f"### {survivor_heading(r.path, m)}", "", "```diff", m.diff, "```", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tools/mutate",
+        description="Mutation testing of the core modules with mutmut; each against its tests.",
+    )
+    parser.add_argument("modules", nargs="*", metavar="MODULE", help="module path or package dir")
+    parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="markdown report")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 4, help="mutants at once")
+    parser.add_argument("--list", action="store_true", help="print the module -> tests table")
+    args = parser.parse_args(argv)
+    modules = select(args.modules)
+    if args.list:
+        for module in modules:
+            print(f"{module}: {' '.join(TESTS[module])}")
+        return 0
+
+    started = datetime.now(UTC)
+    head = commit()
+    files = working_tree_files()
+    clock = time.monotonic()
+    results = []
+    for module in modules:
+        result = run_module(module, files, args.jobs)
+        results.append(result)
+        print(result.score_line(), flush=True)
+        for m in result.uncaught:
+            print(f"  {survivor_heading(module, m)}")
+            print("    " + "\n    ".join(m.diff.splitlines()))
+    elapsed = time.monotonic() - clock
+
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(report(results, head, started, elapsed))
+    print(f"\nscores (report in {args.report}):")
+    for r in results:
+        print("  " + r.score_line())
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
