@@ -262,6 +262,22 @@ async def test_health_check_with_invalid_token_changes_nothing(rig: Rig) -> None
     assert transport.closing
 
 
+async def test_health_check_with_a_valid_token_resets_the_failure_count(rig: Rig) -> None:
+    """A HealthCheck with a valid token is an accepted request: it resets the count of invalid
+    tokens, whether the token is new or the one already bound; an invalid one does not."""
+    conn, transport = rig.connect()
+    token = rig.token()
+    for first in ("h-new", "h-bound"):
+        conn.data_received(b"".join(request("GetGroups", f"{first}-b{i}", "bad") for i in range(9)))
+        conn.data_received(request("HealthCheck", f"{first}-bad", "bad"))
+        await turns()
+        assert conn.session.auth_failures == 9
+        conn.data_received(request("HealthCheck", first, token))
+        await turns()
+        assert conn.session.auth_failures == 0
+        assert not transport.closing
+
+
 async def test_auth_timeout_honours_setting(make_rig: RigFactory) -> None:
     """auth_timeout_s from the settings is the deadline."""
     rig = await make_rig(auth_timeout_s=2.5)

@@ -70,18 +70,18 @@ class Session:
         return access
 
     def offer(self, presented: object, tokens: TokenService, now: float) -> None:
-        """A token sent where none is needed (HealthCheck): bound when valid, like any request's;
-        an invalid one is ignored, so a probe never breaks, never unbinds the session and never
-        counts towards `max_auth_failures`."""
+        """A token sent where none is needed (HealthCheck): when valid it is accepted like any
+        request's (bound, and the failure count reset); an invalid one is ignored, so a probe
+        never breaks, never unbinds the session and never counts towards `max_auth_failures`."""
         if presented is None:
             return
         access = self.access
-        if presented == self.token and access is not None and access.expires_at > now:
-            return  # already bound to it
-        try:
-            self._bind(presented, tokens, now)
-        except InvalidToken:
-            return
+        bound = presented == self.token and access is not None and access.expires_at > now
+        if not bound:
+            try:
+                self._bind(presented, tokens, now)
+            except InvalidToken:
+                return
         self.auth_failures = 0
 
     def _bind(self, presented: object, tokens: TokenService, now: float) -> Access:
