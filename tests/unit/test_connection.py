@@ -278,6 +278,22 @@ async def test_health_check_with_a_valid_token_resets_the_failure_count(rig: Rig
         assert not transport.closing
 
 
+async def test_health_check_with_the_bound_token_at_its_expiry_changes_nothing(rig: Rig) -> None:
+    """At the very second the bound token expires it is invalid: a HealthCheck with it leaves the
+    count of invalid tokens as it is."""
+    conn, _transport = rig.connect()
+    token = rig.token()
+    conn.data_received(request("GetGroups", "bind", token))
+    conn.data_received(b"".join(request("GetGroups", f"b{i}", "bad") for i in range(9)))
+    await turns()
+    assert conn.session.access is not None
+    assert conn.session.auth_failures == 9
+    rig.clock.advance(conn.session.access.expires_at - rig.clock.wall())
+    conn.data_received(request("HealthCheck", "at-expiry", token))
+    await turns()
+    assert conn.session.auth_failures == 9
+
+
 async def test_auth_timeout_honours_setting(make_rig: RigFactory) -> None:
     """auth_timeout_s from the settings is the deadline."""
     rig = await make_rig(auth_timeout_s=2.5)
