@@ -64,6 +64,8 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_commands.py",
         "tests/e2e/test_sessions.py",
         "tests/e2e/test_internal_errors.py",
+        "tests/e2e/test_submission_order.py",
+        "tests/e2e/test_documented_answers.py",
     ),
     f"{PKG}/runtime/mainloop.py": (
         "tests/unit/test_connection.py",
@@ -142,6 +144,8 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/unit/test_permissions.py",
         "tests/e2e/test_sessions.py",
         "tests/e2e/test_events.py",
+        "tests/unit/test_connection.py",
+        "tests/e2e/test_documented_answers.py",
     ),
     f"{PKG}/session/tokens.py": (
         "tests/unit/test_tokens.py",
