@@ -250,7 +250,9 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
             host="127.0.0.1",
             port=0,
             data_dir=data_dir,
-            ledger_synchronous=settings.pop("ledger_synchronous", "NORMAL"),
+            # The product default: a test sees the fsyncs an operator gets. Measured against
+            # NORMAL on 168 e2e tests, interleaved: NORMAL 34.5 and 48.7 s, FULL 37.0 and 41.2 s.
+            ledger_synchronous=settings.pop("ledger_synchronous", "FULL"),
             # The settlement listener only where a test asks for it (a free port of its own).
             settlement_port=settings.pop("settlement_port", 0),
             **settings,

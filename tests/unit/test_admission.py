@@ -24,7 +24,7 @@ from .test_connection import FakeTransport, request, turns
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
     """A gateway with its main loop started and no listener, on a fake clock."""
-    settings = load_settings(None, data_dir=tmp_path / "data", port=0, ledger_synchronous="NORMAL")
+    settings = load_settings(None, data_dir=tmp_path / "data", port=0, ledger_synchronous="FULL")
     gateway = Gateway(settings, clock=FakeClock())
     await gateway.runtime.start()
     yield gateway

@@ -119,7 +119,7 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[RigFactory]:
     async def build(*, storage: Storage | None = None, **overrides: Any) -> Rig:
         data_dir = tmp_path / f"data{len(rigs)}"
         settings = load_settings(
-            None, data_dir=data_dir, port=0, ledger_synchronous="NORMAL", **overrides
+            None, data_dir=data_dir, port=0, ledger_synchronous="FULL", **overrides
         )
         clock = FakeClock()
         gateway = Gateway(settings, clock=clock, storage=storage)
@@ -521,7 +521,7 @@ async def test_connection_lost_after_auth(rig: Rig) -> None:
 
 async def test_connection_lost_drops_pending_sync(make_rig: RigFactory, tmp_path: Path) -> None:
     """A Sync request held by a stalled ledger is dropped with its timer when the peer leaves."""
-    storage = GatedLedger(tmp_path / "gated", "NORMAL")
+    storage = GatedLedger(tmp_path / "gated", "FULL")
     rig = await make_rig(storage=storage)
     conn, transport = rig.connect()
     token = rig.token()
