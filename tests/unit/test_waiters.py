@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import structlog
 
+from manager_gateway import waiters as waiters_module
 from manager_gateway.protocol.errors import ShuttingDown, SyncTimeout
 from manager_gateway.waiters import SessionGone, Waiter, WaiterRegistry
 from tests.fakes import FakeClock
@@ -470,4 +472,32 @@ async def test_answered_waiters_do_not_pile_up(registry: WaiterRegistry, clock: 
             window.clear()
             assert registry.deadline_queue_length() == 0
         assert registry.deadline_queue_length() <= 50
+    assert_empty(registry, clock)
+
+
+async def test_each_sweep_logs_how_many_it_timed_out(
+    registry: WaiterRegistry, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One `sync_timeouts` warning per timer sweep with the number of waiters it answered 504,
+    none for a sweep that answered nobody, and `timeouts` counting every one of them."""
+    with structlog.testing.capture_logs() as logs:
+        # A fresh logger under the capture, whatever an earlier in-process CLI test configured.
+        monkeypatch.setattr(waiters_module, "log", structlog.get_logger("manager_gateway.waiters"))
+        first_sweep = [registry.register("s1", f"a{i}") for i in range(3)]
+        clock.advance(1.0)
+        second_sweep = [registry.register("s2", f"b{i}") for i in range(2)]
+        clock.advance(1.0)
+        answered = registry.register("s3", "answered")
+        registry.bind(answered, 7, ADD)
+        clock.advance(TIMEOUT_S - 2.0)  # the first three are due; the rest re-arm the timer
+        assert [w.future.done() for w in first_sweep + second_sweep] == [True] * 3 + [False] * 2
+        assert logs == [{"event": "sync_timeouts", "expired": 3, "log_level": "warning"}]
+        clock.advance(1.0)
+        assert logs[1:] == [{"event": "sync_timeouts", "expired": 2, "log_level": "warning"}]
+        registry.on_trade_event(ADD, 7, RECORD)
+        clock.advance(1.0)  # the last sweep finds only an answered waiter: nothing to log
+        assert len(logs) == 2
+    assert registry.timeouts == 5
+    for waiter in [*first_sweep, *second_sweep, answered]:
+        registry.remove(waiter)
     assert_empty(registry, clock)
