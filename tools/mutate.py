@@ -199,6 +199,8 @@ class ModuleResult:
         if self.error:
             return f"{self.path}: not scored ({self.error})"
         total = len(self.mutants)
+        if not total:
+            return f"{self.path}: nothing mutmut mutates (it changes function bodies only)"
         killed = self.count("killed", "caught by type check")
         timeouts = self.count("timeout")
         caught = killed + timeouts
@@ -358,6 +360,8 @@ def run_module(module: str, files: list[str], jobs: int) -> ModuleResult:
     start = time.monotonic()
     run = mutmut(work, "run", "--max-children", str(jobs), log=log)
     result.seconds = time.monotonic() - start
+    if run.returncode != 0 and "__mutmut_" not in (work / "mutants" / module).read_text():
+        return result  # no function body mutmut can change (a NamedTuple's fields): 0 mutants
     if run.returncode != 0:
         result.error = f"mutmut run exited {run.returncode}; see {log.relative_to(ROOT)}"
         return result

@@ -101,7 +101,9 @@ async def test_apply_bug_answers_its_caller_500_and_the_batch_goes_on(
     """In one batch, the operations whose apply raises a non-gateway exception (login 1002, async
     and Sync) are answered 500 INTERNAL_ERROR and keep no key; the others of the batch are
     applied, committed and answered; once the bug is gone the same extIDs are applied."""
-    gw = await make_gateway(gated=True)
+    # A generous Sync timeout: logging the planted bug's traceback (with locals) is slow
+    # under mutmut's tracing, and ok-1003 must be answered by its event, not 504.
+    gw = await make_gateway(gated=True, sync_timeout_ms=60_000)
     client, probe = await gw.client(), await gw.client()
     for login in (1001, 1002, 1003):
         await gw.add_user(client, login)
