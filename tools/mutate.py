@@ -85,6 +85,8 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/unit/test_settlement_rules.py",
         "tests/e2e/test_commands.py",
         "tests/e2e/test_leaks.py",
+        "tests/e2e/test_rejection_messages.py",
+        "tests/e2e/test_ledger_verify.py",
     ),
     f"{PKG}/runtime/records.py": (
         "tests/unit/test_settlement_rules.py",
