@@ -90,6 +90,7 @@ TESTS: dict[str, tuple[str, ...]] = {
     ),
     f"{PKG}/runtime/records.py": (
         "tests/unit/test_settlement_rules.py",
+        "tests/e2e/test_commands.py",
         "tests/e2e/test_ledger_failures.py",
         "tests/e2e/test_ledger_verify.py",
         "tests/e2e/test_idempotency.py",

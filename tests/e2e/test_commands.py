@@ -7,6 +7,7 @@ the clock never moves here, so no Sync timeout can fire behind a test's back.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -546,6 +547,10 @@ async def test_get_account_by_login(h: Harness) -> None:
         "enable": 1,
     }
     assert {key: account[key] for key in money(1001, 0, 0)} == money(1001, 150.5, 20.0)
+    assert account["currency"] == "USD"
+    assert abs(account["registration_time"] - time.time()) < 3600
+    profile = ["group", "name", "email", "leverage", "enable", "currency", "registration_time"]
+    assert sorted(account) == sorted([*money(1001, 0, 0), *profile])
     assert not any("password" in key or "hash" in key for key in account)
     assert DEMO_USER["password"] not in orjson.dumps(account).decode()
     await error(client, "GetAccountByLogin", {"login": 4242}, 404, "USER_NOT_FOUND")
