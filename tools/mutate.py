@@ -103,10 +103,12 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_disk_full.py",
         "tests/e2e/test_idempotency.py",
         "tests/e2e/test_shutdown.py",
+        "tests/e2e/test_restart_state.py",
     ),
     f"{PKG}/runtime/state.py": (
         "tests/unit/test_settlement_rules.py",
         "tests/e2e/test_commands.py",
+        "tests/e2e/test_restart_state.py",
     ),
     f"{PKG}/runtime/storage.py": (
         "tests/unit/test_connection.py",
