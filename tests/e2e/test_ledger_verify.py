@@ -29,7 +29,8 @@ async def written_ledger(
 ) -> Path:
     """A fresh copy of the gateway-written ledger's data directory (AddUser hashes slowly on
     purpose, so the gateway writes it once per module)."""
-    if not _TEMPLATE:
+    if not _TEMPLATE or not _TEMPLATE[0].exists():  # made once per test session
+        _TEMPLATE.clear()
         template = tmp_path_factory.mktemp("written") / "data"
         await make_ledger(make_gateway, template)
         problems, summary = verify_ledger(template)
