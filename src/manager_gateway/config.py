@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # How long a commit waits for a write lock held by another process before it fails (500).
     ledger_busy_timeout_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 5000
     max_batch: Annotated[int, Field(ge=1)] = 4096
+    # Records, idempotency keys and settlement journal rows held in memory, each: the newest.
+    # Older ones are read from the ledger when needed, so memory does not grow with history.
+    history_window: Annotated[int, Field(ge=1)] = 50_000
     shutdown_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     jwt_secret: str | None = None
     groups: tuple[GroupConfig, ...] = DEFAULT_GROUPS

@@ -244,7 +244,7 @@ async def test_sync_retry_after_timeout_gets_the_completed_record(
     assert (timed_out["status"], timed_out["error"]) == (504, "SYNC_TIMEOUT")
     order = timed_out["data"]["order"]
     ledger(gw).release()
-    await wait_until(probe, lambda: gw.gateway.runtime.record(order) is not None)
+    await wait_until(probe, lambda: gw.gateway.runtime.state.record(order) is not None)
 
     record = await ok(client, "CreditInSync", CREDIT, "late-1")
     assert record["order"] == order

@@ -55,7 +55,7 @@ async def test_stalled_main_loop_answers_504_and_still_applies(
     assert gw.gateway.waiters.pending_count() == 0
 
     ledger(gw).release()
-    await wait_until(probe, lambda: gw.gateway.runtime.record(order) is not None)
+    await wait_until(probe, lambda: gw.gateway.runtime.state.record(order) is not None)
     record = await probe.ok("GetTradeByOrder", {"order": order})
     assert (record["order"], record["login"], record["cmd"], record["state"]) == (
         order,

@@ -38,7 +38,7 @@ class World:
 
     def __init__(self, field: WalletField = "credit", overtrading: Overtrading = "deduct") -> None:
         accounts = {LOGIN: account(LOGIN, "demo", "100.00"), VIP: account(VIP, "vip", "100.00")}
-        self.state = State(Snapshot(accounts, {}, [], [], 1, 1000))
+        self.state = State(Snapshot(accounts, {}, [], [], 1, 1000), window=1000)
         self.rules = Rules(field, overtrading, SETTLEMENT)
 
     def run(self, *requests: SettlementRequest) -> list[dict[str, Any]]:

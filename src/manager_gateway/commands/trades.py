@@ -1,19 +1,22 @@
-"""Trade records: GetTradeByOrder and MngGetTradesByFilter."""
+"""Trade records: GetTradeByOrder and MngGetTradesByFilter.
+
+Both read the ledger when the record is older than the main loop's window (history lives on
+disk), on the ledger's reader threads: they are coroutines, and never block the event loop.
+"""
 
 from __future__ import annotations
 
-from itertools import islice
 from typing import Any
 
 from ..protocol.errors import PermissionDenied, TradeNotFound
 from ..protocol.models import OrderData, TradesFilterData
-from ..runtime.records import FinanceRecord
+from ..runtime.storage import RecordFilter
 from .context import RequestContext
 
 
-def get_trade_by_order(ctx: RequestContext, data: OrderData) -> dict[str, Any]:
+async def get_trade_by_order(ctx: RequestContext, data: OrderData) -> dict[str, Any]:
     runtime = ctx.services.runtime
-    record = runtime.record(data.order)
+    record = await runtime.record(data.order)
     if record is None:
         raise TradeNotFound(f"order {data.order} not found")
     account = runtime.account(record.login)
@@ -22,21 +25,25 @@ def get_trade_by_order(ctx: RequestContext, data: OrderData) -> dict[str, Any]:
     return record.to_wire()
 
 
-def get_trades_by_filter(ctx: RequestContext, data: TradesFilterData) -> dict[str, Any]:
+async def get_trades_by_filter(ctx: RequestContext, data: TradesFilterData) -> dict[str, Any]:
     """Current records matching every given filter, newest first; `from`/`to` bound open_time."""
     runtime, access = ctx.services.runtime, ctx.access
     accounts = runtime.state.accounts
-
-    def match(record: FinanceRecord) -> bool:
-        if data.cmd is not None and record.cmd != data.cmd:
-            return False
-        if data.from_ is not None and record.open_time < data.from_:
-            return False
-        if data.to is not None and record.open_time > data.to:
-            return False
-        account = accounts.get(record.login)
-        return account is not None and access.sees_account(record.login, account.group)
-
-    matching = list(runtime.find_records(match, data.login))
-    page = islice(matching, data.offset, data.offset + data.limit)
-    return {"rows": [record.to_wire() for record in page], "count": len(matching)}
+    logins: frozenset[int] | None
+    if data.login is not None:
+        account = accounts.get(data.login)
+        seen = account is not None and access.sees_account(data.login, account.group)
+        logins = frozenset([data.login] if seen else [])
+    else:
+        visible = [login for login, a in accounts.items() if access.sees_account(login, a.group)]
+        logins = None if len(visible) == len(accounts) else frozenset(visible)
+    wanted = RecordFilter(
+        logins=logins,
+        cmd=data.cmd,
+        open_from=data.from_,
+        open_to=data.to,
+        offset=data.offset,
+        limit=data.limit,
+    )
+    records, count = await runtime.find_records(wanted)
+    return {"rows": [record.to_wire() for record in records], "count": count}

@@ -7,6 +7,11 @@ state, answers the callers and emits `trade:event` / `balance:event` in operatio
 
 Idempotency (docs/protocol.md section 7) is decided here too, because only the single writer can
 tell "already applied", "being applied in this batch" and "new" apart without races.
+
+Memory holds the accounts and a window of recent history (state.py). Before applying a batch, the
+loop asks the ledger in one read for the older rows the batch needs (keys of retries, records an
+update or delete names, settlement journal rows), so applying stays a pure in-memory step, and a
+batch of new keys costs no read at all while no live key has left the window.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -28,7 +32,10 @@ from ..waiters import WaiterRegistry
 from .operations import Effect, Operation, OpKind, apply_add_user, apply_delete, apply_finance
 from .records import Account, FinanceRecord
 from .state import KeyEntry, State, Transaction
-from .storage import IdempotencyKey, Storage
+from .storage import HistoryReader, IdempotencyKey, Lookup, RecordFilter, Storage
+
+#: Threads serving client reads of history from the ledger (SQLite WAL readers run in parallel).
+READ_THREADS = 2
 
 log = structlog.get_logger("manager_gateway.mainloop")
 
@@ -61,6 +68,7 @@ class MainLoop:
         max_batch: int = 4096,
         journal_retention_s: float = 120 * 86400,
         observer: BatchObserver | None = None,
+        window: int = 50_000,
     ) -> None:
         self._observer = observer
         self._storage = storage
@@ -71,6 +79,7 @@ class MainLoop:
         self._ttl_s = idempotency_ttl_s
         self._journal_retention_s = journal_retention_s
         self._max_batch = max_batch
+        self._window = window
         # Submitted, not yet taken into a batch. A plain list and a wake-up future instead of an
         # asyncio.Queue: one append per operation, one swap per batch (the Queue's per-item
         # put/get machinery cost ~1 us per operation).
@@ -78,6 +87,10 @@ class MainLoop:
         self._wake: asyncio.Future[None] | None = None
         # One thread, so SQLite is only ever used from one thread and commits stay ordered.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._readers = ThreadPoolExecutor(
+            max_workers=READ_THREADS, thread_name_prefix="ledger-read"
+        )
+        self.reader: HistoryReader
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.state: State
@@ -86,8 +99,9 @@ class MainLoop:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        snapshot = await loop.run_in_executor(self._executor, self._storage.load)
-        self.state = State(snapshot)
+        snapshot = await loop.run_in_executor(self._executor, self._storage.load, self._window)
+        self.state = State(snapshot, self._window)
+        self.reader = self._storage.reader()
         self._task = asyncio.create_task(self._run(), name="main-loop")
         log.info(
             "main_loop_started",
@@ -123,8 +137,11 @@ class MainLoop:
             log.error("ledger_abandoned", timeout_s=timeout_s, queued=len(self._queue))
             self._queue.clear()
             self._executor.shutdown(wait=False, cancel_futures=True)
+            self._readers.shutdown(wait=False, cancel_futures=True)
             return False
         self._task = None
+        self._readers.shutdown(wait=True)
+        self.reader.close()
         await asyncio.get_running_loop().run_in_executor(self._executor, self._storage.close)
         self._executor.shutdown(wait=True)
         return True
@@ -170,8 +187,26 @@ class MainLoop:
         if not ops:
             return
         started = time.perf_counter()
-        tx = Transaction(self.state)
         now = self._clock.wall()
+        lookup = self._lookup(ops, now)
+        if lookup is not None:
+            try:
+                found = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._storage.fetch, lookup
+                )
+            except asyncio.CancelledError:  # stop() gave up on a ledger that does not answer
+                for op in ops:
+                    self._reject(op, ShuttingDown())
+                raise
+            except Exception as exc:  # nothing is decided without the rows: refuse the batch
+                log.error("ledger_read_failed", error=str(exc), operations=len(ops))
+                for op in ops:
+                    self._reject(
+                        op, InternalError("the ledger could not be read; nothing was applied")
+                    )
+                return
+            self.state.remember(found)
+        tx = Transaction(self.state)
         applied: list[tuple[Operation, Effect]] = []
         for op in ops:
             try:
@@ -226,6 +261,33 @@ class MainLoop:
             commit_ms=round(commit_ms, 3),
             total_ms=round((time.perf_counter() - started) * 1000, 3),
         )
+
+    def _lookup(self, ops: list[Operation], now: float) -> Lookup | None:
+        """What the batch needs from the ledger that memory may lack; None when nothing."""
+        state = self.state
+        keys_on_disk = state.keys_on_disk(now - self._ttl_s)
+        journal_on_disk = state.journal_on_disk(now - self._journal_retention_s)
+        keys: dict[tuple[str, str], None] = {}
+        journal: dict[tuple[int, str, str], None] = {}
+        orders: dict[int, None] = {}
+        for op in ops:
+            if keys_on_disk and op.decide is None and state.key(op.key) is None:
+                keys[op.key] = None
+            for journal_key in op.journal_keys:
+                row = state.journal.get(journal_key)
+                if row is None:
+                    if journal_on_disk:
+                        journal[journal_key] = None
+                elif row.finance_order is not None:  # a cancel reverses its record
+                    orders[row.finance_order] = None
+            if op.kind is OpKind.FINANCE or op.kind is OpKind.DELETE:
+                order = op.data.order  # an update or a delete names its record
+                if order is not None:
+                    orders[order] = None
+        wanted = [o for o in orders if o < state.next_order and state.record(o) is None]
+        if not (keys or journal or wanted):
+            return None
+        return Lookup(list(keys), list(journal), wanted)
 
     def _apply(self, tx: Transaction, op: Operation, now: float) -> Effect | None:
         """Apply `op` to `tx`; None when it is a retry answered from its key."""
@@ -323,27 +385,27 @@ class MainLoop:
             self._sink.balance_event(effect.account)
 
     def _expire_keys(self, tx: Transaction, now: float) -> None:
-        cutoff = now - self._ttl_s
-        for key in self.state.keys_created_before(cutoff):
-            if key not in self.state.uncommitted:
-                tx.batch.expired_keys.append(key)
-        journal_cutoff = now - self._journal_retention_s
-        for journal_key in self.state.journal_created_before(journal_cutoff):
-            if journal_key not in tx.journal:
-                tx.batch.pruned_journal.append(journal_key)
+        """Keys past the TTL and journal rows past retention go in this batch's transaction."""
+        tx.batch.expire_keys_until = now - self._ttl_s
+        tx.batch.prune_journal_until = now - self._journal_retention_s
 
     # -- reads (committed state only) --------------------------------------------------------
 
     def account(self, login: int) -> Account | None:
         return self.state.accounts.get(login)
 
-    def record(self, order: int) -> FinanceRecord | None:
-        return self.state.record(order)
+    async def record(self, order: int) -> FinanceRecord | None:
+        """The current version of `order`: from the window, else from the ledger."""
+        record = self.state.record(order)
+        if record is not None or order >= self.state.next_order:
+            return record
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self.reader.record, order)
 
-    def find_records(
-        self, match: Callable[[FinanceRecord], bool], login: int | None
-    ) -> Iterator[FinanceRecord]:
-        return self.state.find_records(match, login)
+    async def find_records(self, wanted: RecordFilter) -> tuple[list[FinanceRecord], int]:
+        """A page of current records, newest first, and the count of all that match."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self.reader.find_records, wanted)
 
 
 def _tell_decided(ops: list[Operation]) -> None:

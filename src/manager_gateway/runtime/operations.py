@@ -27,6 +27,7 @@ from ..protocol.models import AddUserData, FinanceData, OrderData
 from ..protocol.money import quantize_amount, to_wire
 from ..session.access import Access
 from ..waiters import Waiter
+from .journal import JournalKey
 from .records import ZERO, Account, FinanceRecord, RecordEvent, TradeState, is_credit
 from .state import Transaction
 
@@ -64,6 +65,8 @@ class Operation:
     # How a SETTLEMENT operation is applied (the settlement package's rules; the runtime does not
     # know them). Such operations are keyed by their journal, not by (subject, extID).
     decide: Callable[[Transaction, Operation, float], Effect] | None = None
+    # The settlement journal rows `decide` reads, fetched from the ledger first if need be.
+    journal_keys: tuple[JournalKey, ...] = ()
 
 
 @dataclass(slots=True)

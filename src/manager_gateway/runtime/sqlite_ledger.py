@@ -7,18 +7,31 @@ and is faster; it is a setting (`ledger_synchronous`), not the default.
 Money is stored as decimal text, never as REAL. Finance records are never updated in place: an
 update or delete is a new row `(order, version + 1)`, so the full history stays and the current
 state is the latest version of each order.
+
+Client reads of history (`SQLiteReader`) use connections of their own, on their own threads: WAL
+lets them read committed data while the writer commits.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from .journal import JournalRow
 from .records import Account, FinanceRecord
-from .storage import Batch, IdempotencyKey, Snapshot, StorageError
+from .storage import (
+    Batch,
+    Found,
+    IdempotencyKey,
+    Lookup,
+    RecordFilter,
+    Snapshot,
+    StorageError,
+)
 
 LEDGER_FILE = "ledger.db"
 SCHEMA_VERSION = 1
@@ -83,7 +96,13 @@ CREATE TABLE IF NOT EXISTS settlement_journal (
     PRIMARY KEY (company, space, number)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS settlement_journal_by_time ON settlement_journal (created_at);
+CREATE INDEX IF NOT EXISTS records_by_login ON records (login, ord);
+CREATE INDEX IF NOT EXISTS records_by_open_time ON records (open_time);
+CREATE INDEX IF NOT EXISTS idempotency_by_time ON idempotency (created_at);
 """
+
+# Rows per IN (...) list of a look-up: well under SQLite's limit of bound parameters.
+CHUNK = 300
 
 JOURNAL_COLUMNS = (
     "company, space, number, kind, fingerprint, code, login, user_name, finance_order, amount,"
@@ -97,6 +116,9 @@ _ACCOUNT_COLUMNS = (
 _RECORD_COLUMNS = (
     "ord, version, login, cmd, state, profit, comment, open_time, close_time, update_time"
 )
+_KEY_COLUMNS = "subject, ext_id, command, digest, outcome, created_at"
+# A record row that is its order's current version.
+_CURRENT = "NOT EXISTS (SELECT 1 FROM records AS n WHERE n.ord = r.ord AND n.version > r.version)"
 
 
 def _account_row(a: Account) -> tuple[object, ...]:
@@ -208,33 +230,82 @@ class SQLiteLedger:
         self.path = data_dir / LEDGER_FILE
         self._db = connect(self.path, synchronous, busy_timeout_ms)
 
-    def load(self) -> Snapshot:
+    def load(self, window: int) -> Snapshot:
+        """Every account, and the newest `window` orders, keys and journal rows."""
         db = self._db
         accounts = {
             a.login: a
             for a in map(_account, db.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts"))
         }
-        records: dict[int, FinanceRecord] = {}
-        for row in db.execute(f"SELECT {_RECORD_COLUMNS} FROM records ORDER BY ord, version"):
-            record = _record(row)
-            records[record.order] = record
+        newest = db.execute("SELECT MAX(ord) FROM records").fetchone()[0] or 0
+        records = _latest(
+            db.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM records WHERE ord > ? ORDER BY ord, version",
+                (newest - window,),
+            )
+        )
+        rows = db.execute(
+            f"SELECT {_KEY_COLUMNS} FROM idempotency ORDER BY created_at DESC LIMIT ?",
+            (window + 1,),
+        ).fetchall()
+        keys_beyond_until = float(rows.pop()[5]) if len(rows) > window else 0.0
+        keys = [_key(row) for row in reversed(rows)]
+        rows = db.execute(
+            f"SELECT {JOURNAL_COLUMNS} FROM settlement_journal ORDER BY created_at DESC LIMIT ?",
+            (window + 1,),
+        ).fetchall()
+        journal_beyond_until = float(rows.pop()[13]) if len(rows) > window else 0.0
+        journal = [journal_row(row) for row in reversed(rows)]
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        next_order = max(int(meta.get("next_order", 1)), newest + 1)
+        next_login = int(meta.get("next_login", 1000))
+        return Snapshot(
+            accounts,
+            records,
+            keys,
+            journal,
+            next_order,
+            next_login,
+            keys_beyond_until,
+            journal_beyond_until,
+        )
+
+    def fetch(self, lookup: Lookup) -> Found:
+        db = self._db
         keys = [
-            IdempotencyKey(s, e, c, d, o.encode(), t)
-            for s, e, c, d, o, t in db.execute(
-                "SELECT subject, ext_id, command, digest, outcome, created_at FROM idempotency"
-                " ORDER BY created_at"
+            _key(row)
+            for chunk in _chunks(lookup.keys)
+            for row in db.execute(
+                f"SELECT {_KEY_COLUMNS} FROM idempotency"
+                f" WHERE (subject, ext_id) IN (VALUES {_tuples(len(chunk), 2)})",
+                [value for key in chunk for value in key],
             )
         ]
         journal = [
             journal_row(row)
+            for chunk in _chunks(lookup.journal)
             for row in db.execute(
-                f"SELECT {JOURNAL_COLUMNS} FROM settlement_journal ORDER BY created_at"
+                f"SELECT {JOURNAL_COLUMNS} FROM settlement_journal"
+                f" WHERE (company, space, number) IN (VALUES {_tuples(len(chunk), 3)})",
+                [value for key in chunk for value in key],
             )
         ]
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        next_order = max(int(meta.get("next_order", 1)), max(records, default=0) + 1)
-        next_login = int(meta.get("next_login", 1000))
-        return Snapshot(accounts, records, keys, journal, next_order, next_login)
+        orders = {*lookup.orders, *(r.finance_order for r in journal if r.finance_order)}
+        records = {
+            order: record
+            for chunk in _chunks(sorted(orders))
+            for order, record in _latest(
+                db.execute(
+                    f"SELECT {_RECORD_COLUMNS} FROM records"
+                    f" WHERE ord IN ({','.join('?' * len(chunk))}) ORDER BY ord, version",
+                    chunk,
+                )
+            ).items()
+        }
+        return Found(keys, journal, list(records.values()))
+
+    def reader(self) -> SQLiteReader:
+        return SQLiteReader(self.path)
 
     def commit(self, batch: Batch) -> None:
         db = self._db
@@ -252,10 +323,9 @@ class SQLiteLedger:
                         f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                         [_record_row(r) for r in batch.records],
                     )
-                if batch.expired_keys:
-                    db.executemany(
-                        "DELETE FROM idempotency WHERE subject = ? AND ext_id = ?",
-                        batch.expired_keys,
+                if batch.expire_keys_until is not None:
+                    db.execute(
+                        "DELETE FROM idempotency WHERE created_at <= ?", (batch.expire_keys_until,)
                     )
                 if batch.keys:
                     db.executemany(
@@ -272,11 +342,10 @@ class SQLiteLedger:
                             for k in batch.keys
                         ],
                     )
-                if batch.pruned_journal:
-                    db.executemany(
-                        "DELETE FROM settlement_journal"
-                        " WHERE company = ? AND space = ? AND number = ?",
-                        batch.pruned_journal,
+                if batch.prune_journal_until is not None:
+                    db.execute(
+                        "DELETE FROM settlement_journal WHERE created_at <= ?",
+                        (batch.prune_journal_until,),
                     )
                 if batch.journal:
                     db.executemany(
@@ -301,3 +370,109 @@ class SQLiteLedger:
 
     def close(self) -> None:
         self._db.close()
+
+
+class SQLiteReader:
+    """`HistoryReader` on read-only connections, one per thread that reads."""
+
+    def __init__(self, path: Path) -> None:
+        self._uri = f"{path.resolve().as_uri()}?mode=ro"
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self._uri, uri=True, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=5000")
+            self._local.db = db
+            with self._lock:
+                self._connections.append(db)
+        return db
+
+    def record(self, order: int) -> FinanceRecord | None:
+        row = (
+            self._db()
+            .execute(
+                f"SELECT {_RECORD_COLUMNS} FROM records WHERE ord = ?"
+                " ORDER BY version DESC LIMIT 1",
+                (order,),
+            )
+            .fetchone()
+        )
+        return None if row is None else _record(row)
+
+    def find_records(self, wanted: RecordFilter) -> tuple[list[FinanceRecord], int]:
+        where: list[str] = [_CURRENT]
+        params: list[object] = []
+        if wanted.logins is not None:
+            where.append("r.login IN (SELECT value FROM json_each(?))")
+            params.append(_json_list(wanted.logins))
+        if wanted.cmd is not None:
+            where.append("r.cmd = ?")
+            params.append(wanted.cmd)
+        if wanted.open_from is not None:
+            where.append("r.open_time >= ?")
+            params.append(wanted.open_from)
+        if wanted.open_to is not None:
+            where.append("r.open_time <= ?")
+            params.append(wanted.open_to)
+        condition = " AND ".join(where)
+        db = self._db()
+        # One read transaction, so the page and the count see the same commits.
+        db.execute("BEGIN")
+        try:
+            rows = db.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM records AS r WHERE {condition}"
+                " ORDER BY r.ord DESC LIMIT ? OFFSET ?",
+                [*params, wanted.limit, wanted.offset],
+            ).fetchall()
+            count = db.execute(
+                f"SELECT COUNT(*) FROM records AS r WHERE {condition}", params
+            ).fetchone()[0]
+        finally:
+            db.execute("COMMIT")
+        return [_record(row) for row in rows], int(count)
+
+    def journal_rows(self) -> int:
+        try:
+            return int(self._db().execute("SELECT COUNT(*) FROM settlement_journal").fetchone()[0])
+        except sqlite3.Error as exc:  # closed with the gateway, or the disk failing
+            raise StorageError(f"ledger read failed: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
+
+
+def _json_list(values: Iterable[int]) -> str:
+    return "[" + ",".join(str(int(v)) for v in values) + "]"
+
+
+def _key(row: Sequence[Any]) -> IdempotencyKey:
+    subject, ext_id, command, digest, outcome, created_at = row
+    return IdempotencyKey(
+        subject, ext_id, command, digest, str(outcome).encode(), float(created_at)
+    )
+
+
+def _latest(rows: Iterable[tuple[Any, ...]]) -> dict[int, FinanceRecord]:
+    """The last version of each order, from rows ordered by (order, version)."""
+    records: dict[int, FinanceRecord] = {}
+    for row in rows:
+        record = _record(row)
+        records[record.order] = record
+    return records
+
+
+def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
+def _tuples(count: int, width: int) -> str:
+    one = "(" + ",".join("?" * width) + ")"
+    return ",".join([one] * count)

@@ -1,20 +1,25 @@
-"""In-memory account state: the committed view readers see, and the overlay a batch writes into.
+"""In-memory state: every account, a window of recent history, and the overlay a batch writes into.
 
 Readers (GetAccountByLogin, GetTradeByOrder, ...) only ever see committed state: a batch's changes
 live in a `Transaction` overlay until its commit is durable, then `State.apply` publishes them. A
 failed commit just drops the overlay, so nothing half-applied is ever visible.
+
+History lives in the ledger. Memory holds the accounts and at most `window` each of the newest
+records, idempotency keys and settlement journal rows, plus the older rows the main loop fetched
+for a batch (`remember`); the oldest go first when a window is full. So memory stays flat however
+long the ledger grows, and a row missing here may still be on disk: `keys_on_disk` and
+`journal_on_disk` say when the main loop must look.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
 from .journal import JournalKey, JournalRow
 from .records import Account, FinanceRecord
-from .storage import Batch, Snapshot
+from .storage import Batch, Found, IdempotencyKey, Snapshot
 
 if TYPE_CHECKING:
     from .operations import Operation
@@ -32,34 +37,28 @@ class KeyEntry(NamedTuple):
     event_type: int | None
 
 
-class State:
-    """Committed accounts, current finance records and idempotency keys."""
+def _entry(key: IdempotencyKey) -> tuple[Any, ...]:
+    """A key as read from the ledger; its order, for a Sync retry, is in its outcome."""
+    order = orjson.loads(key.outcome_json).get("order")
+    return (key.command, key.digest, key.outcome_json, key.created_at, order, None)
 
-    def __init__(self, snapshot: Snapshot) -> None:
+
+class State:
+    """Committed accounts, and the window of recent records, keys and journal rows."""
+
+    def __init__(self, snapshot: Snapshot, window: int) -> None:
+        self.window = window
         self.accounts: dict[int, Account] = snapshot.accounts
         # Records and keys are held as exact tuples, the one kind of object the garbage collector
         # stops tracking once it has seen that everything inside is atomic (NamedTuples and
-        # slotted classes stay tracked). There is one of each per operation, so as tracked
-        # objects they made every full collection walk the whole ledger: pauses of 100 ms and
-        # more. Reads wrap them back into their NamedTuple on the way out.
-        # Orders grow monotonically and dicts keep insertion order, so iterating backwards is
-        # newest first without sorting.
+        # slotted classes stay tracked): as tracked objects they made every full collection walk
+        # them all. Reads wrap them back into their NamedTuple on the way out. Dicts keep
+        # insertion order, so the first entries are the oldest, the first to leave the window.
         self._records: dict[int, tuple[Any, ...]] = {
             order: tuple(record) for order, record in snapshot.records.items()
         }
-        self.orders_by_login: dict[int, list[int]] = {}
-        for order, record in snapshot.records.items():
-            self.orders_by_login.setdefault(record.login, []).append(order)
         self._keys: dict[tuple[str, str], tuple[Any, ...]] = {
-            (k.subject, k.ext_id): (
-                k.command,
-                k.digest,
-                k.outcome_json,
-                k.created_at,
-                orjson.loads(k.outcome_json).get("order"),
-                None,
-            )
-            for k in snapshot.keys
+            (k.subject, k.ext_id): _entry(k) for k in snapshot.keys
         }
         # Keys applied in the batch being committed, with the retries that arrived meanwhile and
         # wait for its outcome. A key in `_keys` but not here is committed.
@@ -67,10 +66,14 @@ class State:
         # Settlement requests by (company, space, number), oldest first (rows are updated in
         # place when cancelled, which keeps their position).
         self.journal: dict[JournalKey, JournalRow] = {row.key: row for row in snapshot.journal}
+        # The newest `created_at` of a key (journal row) the ledger holds and memory does not.
+        self.keys_beyond_until = snapshot.keys_beyond_until
+        self.journal_beyond_until = snapshot.journal_beyond_until
         self.next_order = snapshot.next_order
         self.next_login = snapshot.next_login
 
     def record(self, order: int) -> FinanceRecord | None:
+        """The current version of `order` if it is in the window (the ledger has the rest)."""
         row = self._records.get(order)
         return None if row is None else FinanceRecord._make(row)
 
@@ -94,51 +97,58 @@ class State:
     def key_count(self) -> int:
         return len(self._keys)
 
-    def keys_created_before(self, cutoff: float) -> Iterator[tuple[str, str]]:
-        """Keys older than `cutoff`, oldest first."""
-        for key, row in self._keys.items():
-            if row[3] > cutoff:  # created_at; keys are in time order, so the first live one ends
-                return
-            yield key
+    def keys_on_disk(self, live_after: float) -> bool:
+        """May the ledger hold a key created after `live_after` that memory does not?"""
+        return self.keys_beyond_until > live_after
+
+    def journal_on_disk(self, live_after: float) -> bool:
+        return self.journal_beyond_until > live_after
+
+    def remember(self, found: Found) -> None:
+        """Hold rows the main loop fetched from the ledger for the batch it is applying."""
+        for key in found.keys:
+            self._keys.setdefault((key.subject, key.ext_id), _entry(key))
+        for row in found.journal:
+            self.journal.setdefault(row.key, row)
+        for record in found.records:
+            self._records.setdefault(record.order, tuple(record))
 
     def apply(self, tx: Transaction) -> None:
-        """Publish a durably committed transaction."""
+        """Publish a durably committed transaction, then let the windows forget their oldest."""
         self.accounts.update(tx.accounts)
         records = self._records
         for record in tx.batch.records:
-            if record.order not in records:
-                self.orders_by_login.setdefault(record.login, []).append(record.order)
             records[record.order] = tuple(record)
-        for key in tx.batch.expired_keys:
-            self._keys.pop(key, None)
-        for journal_key in tx.batch.pruned_journal:
-            self.journal.pop(journal_key, None)
+        batch = tx.batch
+        if batch.expire_keys_until is not None:
+            _drop_created_until(self._keys, batch.expire_keys_until, 3)
+        if batch.prune_journal_until is not None:
+            _drop_created_until(self.journal, batch.prune_journal_until, 13)
         self.journal.update(tx.journal)
-        self.next_order, self.next_login = tx.batch.next_order, tx.batch.next_login
+        self.next_order, self.next_login = batch.next_order, batch.next_login
+        self._trim()
 
-    def journal_created_before(self, cutoff: float) -> Iterator[JournalKey]:
-        """Journal rows older than `cutoff`, oldest first."""
-        for key, row in self.journal.items():
-            if row.created_at > cutoff:
-                return
-            yield key
+    def _trim(self) -> None:
+        window = self.window
+        for _ in range(len(self._records) - window):
+            del self._records[next(iter(self._records))]
+        for _ in range(len(self._keys) - window):  # committed: a retry finds them on disk
+            created_at = self._keys.pop(next(iter(self._keys)))[3]
+            self.keys_beyond_until = max(self.keys_beyond_until, created_at)
+        for _ in range(len(self.journal) - window):
+            row = self.journal.pop(next(iter(self.journal)))
+            self.journal_beyond_until = max(self.journal_beyond_until, row.created_at)
 
-    def find_records(
-        self,
-        match: Callable[[FinanceRecord], bool],
-        login: int | None,
-    ) -> Iterator[FinanceRecord]:
-        """Current records, newest first, that `match` accepts (optionally of one login)."""
-        orders = (
-            reversed(self.orders_by_login.get(login, []))
-            if login is not None
-            else reversed(self._records)
-        )
-        make = FinanceRecord._make
-        for order in orders:
-            record = make(self._records[order])
-            if match(record):
-                yield record
+
+def _drop_created_until(rows: dict[Any, Any], until: float, at: int) -> None:
+    """Drop the oldest entries while their `created_at` (field `at`) is at or before `until`;
+    entries fetched back from the ledger may sit out of order behind them, and the main loop
+    checks every key's age anyway."""
+    while rows:
+        first = next(iter(rows))
+        if rows[first][at] > until:
+            return
+        del rows[first]
 
 
 class Transaction:

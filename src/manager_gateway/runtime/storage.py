@@ -3,6 +3,10 @@
 The main loop hands over one `Batch` per group commit; `commit` returns only once the batch is
 durable, all of it or none of it. SQLite is the embedded default (`sqlite_ledger`); a PostgreSQL
 implementation only has to satisfy `Storage`.
+
+History stays in the ledger: the main loop holds the accounts and a window of recent records, keys
+and journal rows (`Snapshot` is what it starts from), asks `fetch` once per batch for whatever
+older rows that batch needs, and reads for clients go through a `HistoryReader`.
 """
 
 from __future__ import annotations
@@ -33,32 +37,94 @@ class Batch:
     accounts: dict[int, Account] = field(default_factory=dict)
     records: list[FinanceRecord] = field(default_factory=list)
     keys: list[IdempotencyKey] = field(default_factory=list)
-    expired_keys: list[tuple[str, str]] = field(default_factory=list)
     journal: list[JournalRow] = field(default_factory=list)  # inserted or replaced, in order
-    pruned_journal: list[JournalKey] = field(default_factory=list)
+    # Housekeeping in the same transaction, before the inserts above: keys created at or before
+    # `expire_keys_until` are deleted, and so are journal rows created at or before
+    # `prune_journal_until` (a row this batch writes again is inserted after, so it stays).
+    expire_keys_until: float | None = None
+    prune_journal_until: float | None = None
     next_order: int = 1
     next_login: int = 1
 
 
 @dataclass(slots=True)
 class Snapshot:
-    """The committed state a main loop starts from."""
+    """The committed state a main loop starts from: every account, and the newest rows of the
+    rest, at most `window` of each."""
 
     accounts: dict[int, Account]
-    records: dict[int, FinanceRecord]  # latest version of each order
-    keys: list[IdempotencyKey]  # oldest first
-    journal: list[JournalRow]  # oldest first
+    records: dict[int, FinanceRecord]  # latest version of the newest orders, oldest first
+    keys: list[IdempotencyKey]  # the newest keys, oldest first
+    journal: list[JournalRow]  # the newest journal rows, oldest first
     next_order: int
     next_login: int
+    # `created_at` of the newest key (journal row) the ledger holds beyond those loaded, 0 when
+    # it holds none: until such a row expires, a key missing from memory may be on disk.
+    keys_beyond_until: float = 0.0
+    journal_beyond_until: float = 0.0
+
+
+@dataclass(slots=True)
+class Lookup:
+    """The older rows one batch needs, by key."""
+
+    keys: list[tuple[str, str]] = field(default_factory=list)
+    journal: list[JournalKey] = field(default_factory=list)
+    orders: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Found:
+    """What the ledger holds of a `Lookup`; `records` also has the current version of every
+    order a found journal row points at (a cancel reverses it)."""
+
+    keys: list[IdempotencyKey]
+    journal: list[JournalRow]
+    records: list[FinanceRecord]
+
+
+@dataclass(slots=True, frozen=True)
+class RecordFilter:
+    """MngGetTradesByFilter's filters on the current version of each order; `logins` None means
+    every login (the session sees every account)."""
+
+    logins: frozenset[int] | None = None
+    cmd: int | None = None
+    open_from: int | None = None
+    open_to: int | None = None
+    offset: int = 0
+    limit: int = 1000
+
+
+class HistoryReader(Protocol):
+    """Reads of committed history, on threads of its own beside the writer (never on the
+    event loop)."""
+
+    def record(self, order: int) -> FinanceRecord | None:
+        """The current version of `order`."""
+
+    def find_records(self, wanted: RecordFilter) -> tuple[list[FinanceRecord], int]:
+        """One page of matching current records, newest first, and how many match in all."""
+
+    def journal_rows(self) -> int:
+        """Rows in the settlement journal."""
+
+    def close(self) -> None: ...
 
 
 class Storage(Protocol):
     """Durable ledger. Called from one thread at a time (the main loop's commit thread)."""
 
-    def load(self) -> Snapshot: ...
+    def load(self, window: int) -> Snapshot: ...
+
+    def fetch(self, lookup: Lookup) -> Found:
+        """The rows of `lookup` the ledger holds (read by the writer, so it sees every commit)."""
 
     def commit(self, batch: Batch) -> None:
         """Write `batch` durably in one transaction, or raise and write nothing."""
+
+    def reader(self) -> HistoryReader:
+        """A reader for client queries; safe to use from any thread."""
 
     def close(self) -> None: ...
 

@@ -84,6 +84,7 @@ class Gateway:
             settings.max_batch,
             journal_retention_s=settings.settlement_retention_days * 86400,
             observer=self.metrics,
+            window=settings.history_window,
         )
         self._password_hasher = ThreadPoolExecutor(
             max_workers=PASSWORD_HASH_THREADS, thread_name_prefix="password-hash"

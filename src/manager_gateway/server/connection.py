@@ -174,13 +174,17 @@ class Connection(asyncio.Protocol):
             if isinstance(prepared, bytes):
                 self.send(prepared)
                 self.metrics.request(request.command, 200, started)
-            elif prepared.is_immediate:
-                if not (prepared.spec.reads_state and self._undecided):
+            elif prepared.spec.reads_state:
+                if not self._undecided and prepared.is_immediate:
                     self._answer_read(request, prepared, started)
                 elif self._pending() >= self.settings.max_inflight:
                     raise TooManyRequests()
+                elif not self._undecided:
+                    self._answer_read(request, prepared, started)
                 else:
                     self._held_reads.append((self._writes_received, request, prepared, started))
+            elif prepared.is_immediate:
+                self._answer_read(request, prepared, started)
             elif self._pending() >= self.settings.max_inflight:
                 prepared.ctx.release_turn()
                 raise TooManyRequests()
@@ -208,7 +212,11 @@ class Connection(asyncio.Protocol):
             self._failed(request, error, started)
 
     async def _run(
-        self, request: Envelope, prepared: Prepared, started: float, decided: Callable[[], None]
+        self,
+        request: Envelope,
+        prepared: Prepared,
+        started: float,
+        decided: Callable[[], None] | None,
     ) -> None:
         try:
             frame = await answer_later(prepared)
@@ -221,11 +229,19 @@ class Connection(asyncio.Protocol):
             self._failed(request, error, started)
             return
         finally:  # decided, even when it failed before reaching the main loop (hashing)
-            decided()
+            if decided is not None:
+                decided()
         self.send(frame)
         self.metrics.request(request.command, 200, started)
 
     def _answer_read(self, request: Envelope, prepared: Prepared, started: float) -> None:
+        if not prepared.is_immediate:  # it may read the ledger: a task, answered when done
+            task = asyncio.get_running_loop().create_task(
+                self._run(request, prepared, started, None)
+            )
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return
         try:
             frame = answer_now(prepared)
         except GatewayError as error:

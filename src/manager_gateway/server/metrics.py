@@ -40,6 +40,7 @@ from prometheus_client.utils import floatToGoString
 
 from ..commands.registry import ALL_COMMANDS
 from ..protocol.errors import GatewayError
+from ..runtime.storage import StorageError
 from ..session.access import SessionType
 from ..session.session import BALANCE_EVENT, TRADE_EVENT
 from ..settlement.codes import Code
@@ -341,10 +342,14 @@ def _settlement_gauges(gateway: Gateway) -> Iterator[Metric]:
         "Cancels refused because the reversal would take the wallet below zero.",
         counters.reversals_refused,
     )
+    try:
+        journal_rows = gateway.runtime.reader.journal_rows()  # on the scrape thread
+    except StorageError:
+        return  # the ledger is closed (shutting down) or failing: its own alerts say so
     yield GaugeMetricFamily(
         "gateway_settlement_journal_rows",
         "Rows in the settlement journal (tombstones included).",
-        value=len(gateway.runtime.state.journal),
+        value=journal_rows,
     )
 
 

@@ -69,6 +69,13 @@ class SettlementRequest:
     def key(self) -> JournalKey:
         return (self.company, TRANSFERS if self.kind == "transfer" else REQUESTS, self.number)
 
+    @property
+    def journal_keys(self) -> tuple[JournalKey, ...]:
+        """The journal rows deciding this request reads: its own, and a cancel's target."""
+        if self.reverses is None:
+            return (self.key,)
+        return (self.key, (self.company, REQUESTS, self.reverses))
+
 
 @dataclass(slots=True)
 class Counters:

@@ -193,7 +193,7 @@ class SettlementService:
         op = Operation(
             OpKind.SETTLEMENT, f"settlement:{request.kind}", self._access, request,
             (f"settlement:{request.company}", request.number), "", answer="answer",
-            future=future, decide=self.rules.decide,
+            future=future, decide=self.rules.decide, journal_keys=request.journal_keys,
         )  # fmt: skip
         try:
             self.runtime.submit(op)

@@ -1,0 +1,254 @@
+"""History on disk: with a window of a few rows, records, idempotency keys and settlement journal
+rows must come back from the ledger, and every answer is the same as when they were in memory.
+
+`history_window=WINDOW` keeps at most WINDOW of each in memory; each test pushes many times that
+through, so the rows it asks about left memory long ago.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from manager_gateway.runtime.storage import Found, Lookup
+from manager_gateway.runtime.verify import verify_ledger
+
+from ..conftest import Client, GatewayFactory, Harness, ledger, wait_until
+from ..fakes import FakeClock, GatedLedger
+from ..platform import Platform, adjustment, base_url, cancellation, fund, settlement_gateway
+
+WINDOW = 4
+LOGINS = (7001, 7002, 7003)
+TTL_S = 24 * 3600
+
+
+class CountingLedger(GatedLedger):
+    """The real ledger, counting the look-ups the main loop makes and the keys in them."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.fetches: list[Lookup] = []
+
+    def fetch(self, lookup: Lookup) -> Found:
+        self.fetches.append(lookup)
+        return super().fetch(lookup)
+
+
+async def windowed(make_gateway: GatewayFactory, tmp_path: Any, **settings: Any) -> Harness:
+    data_dir = settings.pop("data_dir", tmp_path / "data")
+    storage = CountingLedger(data_dir, "FULL")
+    return await make_gateway(storage=storage, data_dir=data_dir, history_window=WINDOW, **settings)
+
+
+def counting(h: Harness) -> CountingLedger:
+    storage = h.gateway.storage
+    assert isinstance(storage, CountingLedger)
+    return storage
+
+
+async def spread(h: Harness, client: Client, count: int, prefix: str) -> list[dict[str, Any]]:
+    """`count` BalanceIn over LOGINS, one at a time (one batch each); their acks in order."""
+    acks = []
+    for i in range(count):
+        login = LOGINS[i % len(LOGINS)]
+        data = {"login": login, "amount": 1 + i, "comment": f"{prefix}{i}"}
+        acks.append(await client.ok("BalanceIn", data, ext_id=f"{prefix}{i}"))
+    return acks
+
+
+def assert_window_holds(h: Harness) -> None:
+    state = h.gateway.runtime.state
+    assert state.record_count <= WINDOW + 1  # + what the last batch fetched back
+    assert state.key_count <= WINDOW + 1
+    assert len(state.journal) <= WINDOW + 1
+
+
+async def test_reads_see_every_record_after_the_window_rolled_over(
+    make_gateway: GatewayFactory, tmp_path: Any
+) -> None:
+    h = await windowed(make_gateway, tmp_path)
+    client = await h.client()
+    for login in LOGINS:
+        await h.add_user(client, login)
+    acks = await spread(h, client, 30, "r")
+    assert_window_holds(h)
+    oldest = await client.ok("GetTradeByOrder", {"order": acks[0]["order"]})
+    assert (oldest["order"], oldest["login"], oldest["profit"]) == (acks[0]["order"], 7001, 1.0)
+    assert oldest["comment"] == "r0"
+    everything = await client.ok("MngGetTradesByFilter", {})
+    assert everything["count"] == 30
+    assert [row["order"] for row in everything["rows"]] == [a["order"] for a in reversed(acks)]
+    one_login = await client.ok("MngGetTradesByFilter", {"login": 7002, "offset": 2, "limit": 3})
+    orders_7002 = [a["order"] for i, a in enumerate(acks) if i % 3 == 1]
+    assert one_login["count"] == 10
+    assert [row["order"] for row in one_login["rows"]] == list(reversed(orders_7002))[2:5]
+    credit = await client.ok("MngGetTradesByFilter", {"cmd": 7})
+    assert credit == {"rows": [], "count": 0}
+    outsider = await h.client(groups=["vip*"])
+    assert await outsider.ok("MngGetTradesByFilter", {}) == {"rows": [], "count": 0}
+    missing = await client.request("GetTradeByOrder", {"order": 10_000})
+    assert (missing["status"], missing["error"]) == (404, "TRADE_NOT_FOUND")
+
+
+async def test_an_update_and_a_delete_of_an_old_record_apply_once(
+    make_gateway: GatewayFactory, tmp_path: Any
+) -> None:
+    h = await windowed(make_gateway, tmp_path)
+    client = await h.client()
+    for login in LOGINS:
+        await h.add_user(client, login)
+    acks = await spread(h, client, 20, "u")
+    first, second = acks[0]["order"], acks[1]["order"]
+    assert h.gateway.runtime.state.record(first) is None  # left the window
+    await client.ok("BalanceIn", {"login": 7001, "amount": 50, "order": first})
+    await client.ok("DeleteBalance", {"order": second}, ext_id="delete-old")
+    assert (await client.ok("GetTradeByOrder", {"order": first}))["profit"] == 50.0
+    assert (await client.ok("GetTradeByOrder", {"order": second}))["state"] == 6
+    await spread(h, client, 10, "v")
+    retried = await client.ok("DeleteBalance", {"order": second}, ext_id="delete-old")
+    assert retried["order"] == second  # answered from its key on disk, not deleted twice
+    again = await client.request("DeleteBalance", {"order": second})
+    assert (again["status"], again["message"]) == (400, f"order {second} is already deleted")
+    account = await client.ok("GetAccountByLogin", {"login": 7002})
+    expected = (
+        sum(1 + i for i in range(20) if i % 3 == 1)
+        - 2
+        + sum(1 + i for i in range(10) if i % 3 == 1)
+    )
+    assert account["balance"] == float(expected)
+    assert verify_ledger(h.data_dir)[0] == []
+
+
+async def test_retries_answer_from_keys_on_disk_for_the_whole_ttl(
+    make_gateway: GatewayFactory, tmp_path: Any, frozen_clock: FakeClock
+) -> None:
+    """A retry long after its key left memory, within the TTL, gets its first outcome and
+    applies nothing; a changed retry is a mismatch; past the TTL the same extID is new."""
+    h = await windowed(make_gateway, tmp_path, clock=frozen_clock)
+    client = await h.client(ttl_s=2 * TTL_S)  # the token outlives the keys
+    for login in LOGINS:
+        await h.add_user(client, login)
+    first = await client.ok(
+        "CreditInSync", {"login": 7001, "amount": 9, "comment": "s"}, ext_id="s"
+    )
+    acks = await spread(h, client, 20, "k")
+    assert h.gateway.runtime.state.key(("1", "k0")) is None
+    frozen_clock.advance(23 * 3600)
+    assert (
+        await client.ok("BalanceIn", {"login": 7001, "amount": 1, "comment": "k0"}, ext_id="k0")
+        == acks[0]
+    )
+    sync_retry = {"login": 7001, "amount": 9, "comment": "s"}
+    assert await client.ok("CreditInSync", sync_retry, ext_id="s") == first
+    changed = await client.request("BalanceIn", {"login": 7001, "amount": 2}, ext_id="k3")
+    assert changed["error"] == "IDEMPOTENCY_MISMATCH"
+    assert (await client.ok("MngGetTradesByFilter", {}))["count"] == 21
+    frozen_clock.advance(3600)  # every key above is past the TTL now
+    fresh = await client.ok("BalanceIn", {"login": 7001, "amount": 1, "comment": "k0"}, ext_id="k0")
+    assert fresh["order"] == 22
+    assert verify_ledger(h.data_dir)[0] == []
+
+
+async def test_new_keys_cost_no_look_up_and_retries_one_per_batch(
+    make_gateway: GatewayFactory, tmp_path: Any, frozen_clock: FakeClock
+) -> None:
+    """While no live key has left memory there is nothing to look up; after that, a batch of
+    many operations is one look-up, not one per operation."""
+    h = await windowed(make_gateway, tmp_path, clock=frozen_clock)
+    client = await h.client()
+    for login in LOGINS:
+        await h.add_user(client, login)
+    await spread(h, client, WINDOW - len(LOGINS), "n")  # fills the key window, no more
+    assert counting(h).fetches == []
+    acks = await spread(h, client, 10, "m")
+    before = len(counting(h).fetches)
+    assert 1 <= before <= 10  # at most one per batch
+    store, probe = ledger(h), await h.client()
+    store.commit_started.clear()
+    store.hold()  # the blocker's batch waits in its commit; the retries queue up as one batch
+    blocker = client.send("BalanceIn", {"login": 7001, "amount": 1}, ext_id="blocker")
+    assert await asyncio.to_thread(store.commit_started.wait, 5)
+    retries = [
+        client.send("BalanceIn", {"login": LOGINS[i % 3], "amount": 1 + i, "comment": f"m{i}"},
+                    ext_id=f"m{i}")
+        for i in range(7)  # the keys that left memory: m7 is among the newest four
+    ]  # fmt: skip
+    await wait_until(probe, lambda: h.gateway.runtime.queue_depth == len(retries))
+    store.release()
+    assert (await blocker)["status"] == 200
+    assert [(await future)["data"] for future in retries] == acks[:7]
+    lookups = counting(h).fetches[before:]
+    assert [len(lookup.keys) for lookup in lookups] == [1, 7]  # the blocker's, the retries'
+
+
+async def test_sync_retry_after_504_is_answered_after_its_key_left_memory(
+    make_gateway: GatewayFactory, tmp_path: Any, frozen_clock: FakeClock
+) -> None:
+    h = await windowed(make_gateway, tmp_path, clock=frozen_clock, sync_timeout_ms=1000)
+    client = await h.client()
+    for login in LOGINS:
+        await h.add_user(client, login)
+    store = ledger(h)
+    store.commit_started.clear()
+    store.hold()
+    data = {"login": 7003, "amount": 5, "comment": "late"}
+    pending = client.send("CreditInSync", data, ext_id="late")
+    assert await asyncio.to_thread(store.commit_started.wait, 5)
+    frozen_clock.advance(1.0)
+    answer = await pending
+    assert (answer["status"], answer.get("error")) == (504, "SYNC_TIMEOUT"), answer
+    order = answer["data"]["order"]
+    store.release()
+    await spread(h, client, 12, "p")
+    assert h.gateway.runtime.state.key(("1", "late")) is None
+    record = await client.ok("CreditInSync", data, ext_id="late")
+    assert (record["order"], record["profit"]) == (order, 5.0)
+    assert (await client.ok("GetTradeByOrder", {"order": order}))["profit"] == 5.0
+
+
+async def test_settlement_cancels_and_replays_find_their_rows_on_disk(
+    make_gateway: GatewayFactory, tmp_path: Any
+) -> None:
+    h = await settlement_gateway(make_gateway, history_window=WINDOW)
+    client = await h.client()
+    await fund(client, h, 7101, credit=1000)
+    async with aiohttp.ClientSession() as session:
+        platform = Platform(base_url(h), session)
+        first = adjustment(7101, "10.00")
+        answered = await platform.adjust(first)
+        for _ in range(3 * WINDOW):
+            assert (await platform.adjust(adjustment(7101, "1.00")))["code"] == "0"
+        assert (await platform.cancel(cancellation(7101, "gone", "1.00")))["code"] == "US_0000002"
+        for _ in range(3 * WINDOW):
+            assert (await platform.adjust(adjustment(7101, "1.00")))["code"] == "0"
+        assert len(h.gateway.runtime.state.journal) <= WINDOW + 1
+        replay = await platform.adjust(first)
+        assert (replay["code"], replay["data"]) == (answered["code"], answered["data"])
+        cancelled = await platform.cancel(cancellation(7101, first["requestUniqueNo"], "10.00"))
+        assert cancelled["code"] == "0"
+        assert await platform.wallet(7101) == f"{1000 - 6 * WINDOW:.2f}"
+        late = await platform.adjust(adjustment(7101, "1.00", requestUniqueNo="gone"))
+        assert late["code"] == "REQUEST_CANCELLED"
+    assert verify_ledger(h.data_dir)[0] == []
+
+
+async def test_a_restart_after_many_roll_overs_answers_old_retries(
+    make_gateway: GatewayFactory, tmp_path: Any
+) -> None:
+    h = await windowed(make_gateway, tmp_path)
+    client = await h.client()
+    for login in LOGINS:
+        await h.add_user(client, login)
+    acks = await spread(h, client, 40, "z")
+    await h.close_clients()
+    await h.gateway.shutdown()
+    again = await windowed(make_gateway, tmp_path, data_dir=h.data_dir)
+    assert_window_holds(again)
+    client = await again.client()
+    for i in (0, 17, 39):
+        data = {"login": LOGINS[i % 3], "amount": 1 + i, "comment": f"z{i}"}
+        assert await client.ok("BalanceIn", data, ext_id=f"z{i}") == acks[i]
+    assert (await client.ok("MngGetTradesByFilter", {}))["count"] == 40
+    assert verify_ledger(again.data_dir)[0] == []
