@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from manager_gateway.runtime.storage import Found, Lookup
+from manager_gateway.runtime.storage import Found, Lookup, StorageError
 from manager_gateway.runtime.verify import verify_ledger
 
 from ..conftest import Client, GatewayFactory, Harness, ledger, wait_until
@@ -33,6 +33,9 @@ class CountingLedger(GatedLedger):
 
     def fetch(self, lookup: Lookup) -> Found:
         self.fetches.append(lookup)
+        if self.fail_next is not None:  # as a read error of the disk would
+            error, self.fail_next = self.fail_next, None
+            raise error
         return super().fetch(lookup)
 
 
@@ -252,3 +255,26 @@ async def test_a_restart_after_many_roll_overs_answers_old_retries(
         assert await client.ok("BalanceIn", data, ext_id=f"z{i}") == acks[i]
     assert (await client.ok("MngGetTradesByFilter", {}))["count"] == 40
     assert verify_ledger(again.data_dir)[0] == []
+
+
+async def test_a_failed_look_up_refuses_its_batch_and_applies_nothing(
+    make_gateway: GatewayFactory, tmp_path: Any
+) -> None:
+    """The ledger cannot be read for a batch's older rows: every operation of that batch is
+    answered 500 with nothing applied and no key kept; the next batch goes on as usual."""
+    h = await windowed(make_gateway, tmp_path)
+    client = await h.client()
+    for login in LOGINS:
+        await h.add_user(client, login)
+    acks = await spread(h, client, 12, "f")
+    before = await client.ok("GetAccountByLogin", {"login": 7001})
+    counting(h).fail_next = StorageError("ledger read failed: disk I/O error")
+    retry = {"login": 7001, "amount": 1, "comment": "f0"}
+    refused = await client.request("BalanceIn", retry, ext_id="f0")
+    assert (refused["status"], refused["error"]) == (500, "INTERNAL_ERROR")
+    assert refused["message"] == "the ledger could not be read; nothing was applied"
+    assert await client.ok("GetAccountByLogin", {"login": 7001}) == before
+    assert await client.ok("BalanceIn", retry, ext_id="f0") == acks[0]  # its key, once more
+    new = await client.ok("BalanceIn", {"login": 7001, "amount": 2}, ext_id="f-new")
+    assert new["order"] == 13
+    assert verify_ledger(h.data_dir)[0] == []

@@ -271,6 +271,12 @@ class SQLiteLedger:
         )
 
     def fetch(self, lookup: Lookup) -> Found:
+        try:
+            return self._fetch(lookup)
+        except sqlite3.Error as exc:
+            raise StorageError(f"ledger read failed: {exc}") from exc
+
+    def _fetch(self, lookup: Lookup) -> Found:
         db = self._db
         keys = [
             _key(row)
