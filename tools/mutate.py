@@ -74,6 +74,9 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_shutdown.py",
         "tests/e2e/test_ledger_failures.py",
         "tests/e2e/test_idempotency.py",
+        "tests/e2e/test_history_window.py",
+        "tests/e2e/test_key_expiry.py",
+        "tests/e2e/test_commands.py",
     ),
     f"{PKG}/runtime/journal.py": (
         "tests/unit/test_settlement_rules.py",
@@ -104,11 +107,16 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_idempotency.py",
         "tests/e2e/test_shutdown.py",
         "tests/e2e/test_restart_state.py",
+        "tests/e2e/test_history_window.py",
+        "tests/e2e/test_commands.py",
     ),
     f"{PKG}/runtime/state.py": (
         "tests/unit/test_settlement_rules.py",
         "tests/e2e/test_commands.py",
         "tests/e2e/test_restart_state.py",
+        "tests/e2e/test_history_window.py",
+        "tests/e2e/test_idempotency.py",
+        "tests/e2e/test_key_expiry.py",
     ),
     f"{PKG}/runtime/storage.py": (
         "tests/unit/test_connection.py",
