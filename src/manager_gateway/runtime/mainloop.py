@@ -179,6 +179,7 @@ class MainLoop:
                 await self._process(batch)
             finally:  # committed, refused or abandoned: every operation of it is decided now
                 _tell_decided(batch)
+                self.state.trim()  # also after a batch of retries only, which fetched rows
             # Not held while waiting for the next wake-up: the last batch's operations (their
             # data, waiters and answers) would stay alive until then, up to max_batch of them.
             del batch

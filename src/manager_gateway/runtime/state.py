@@ -114,7 +114,7 @@ class State:
             self._records.setdefault(record.order, tuple(record))
 
     def apply(self, tx: Transaction) -> None:
-        """Publish a durably committed transaction, then let the windows forget their oldest."""
+        """Publish a durably committed transaction."""
         self.accounts.update(tx.accounts)
         records = self._records
         for record in tx.batch.records:
@@ -126,9 +126,10 @@ class State:
             _drop_created_until(self.journal, batch.prune_journal_until, 13)
         self.journal.update(tx.journal)
         self.next_order, self.next_login = batch.next_order, batch.next_login
-        self._trim()
 
-    def _trim(self) -> None:
+    def trim(self) -> None:
+        """Forget the oldest rows beyond the window. Called between batches only: rows fetched
+        for a batch must stay until it is applied, however many there are."""
         window = self.window
         for _ in range(len(self._records) - window):
             del self._records[next(iter(self._records))]
