@@ -276,7 +276,8 @@ def _header_int(headers: Mapping[str, str], name: str, required: bool) -> int | 
             raise Refusal(Code.INVALID_PARAMETER, f"header {name} is required")
         return None
     raw = raw.strip()
-    value = int(raw) if raw.isascii() and raw.lstrip("-").isdigit() and len(raw) <= 20 else None
+    digits = raw.removeprefix("-")  # one sign at most: int() raises on "--1"
+    value = int(raw) if raw.isascii() and digits.isdigit() and len(raw) <= 20 else None
     # The ledger stores it as a 64-bit integer: a bigger one would fail its whole batch.
     if value is None or not INT64_MIN <= value <= INT64_MAX:
         raise Refusal(Code.INVALID_PARAMETER, f"header {name} must be a 64-bit integer")
