@@ -164,13 +164,32 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/unit/test_tokens.py",
         "tests/unit/test_access.py",
     ),
-    f"{PKG}/settlement/codes.py": ("tests/unit/test_settlement_models.py",),
-    f"{PKG}/settlement/http.py": ("tests/e2e/test_settlement.py",),
-    f"{PKG}/settlement/models.py": ("tests/unit/test_settlement_models.py",),
-    f"{PKG}/settlement/report.py": ("tests/e2e/test_settlement_ledger.py",),
-    f"{PKG}/settlement/rules.py": ("tests/unit/test_settlement_rules.py",),
+    f"{PKG}/settlement/codes.py": (
+        "tests/unit/test_settlement_models.py",
+        "tests/unit/test_settlement_service.py",
+        "tests/unit/test_settlement_decisions.py",
+    ),
+    f"{PKG}/settlement/http.py": (
+        "tests/unit/test_settlement_http.py",
+        "tests/e2e/test_settlement_http.py",
+        "tests/e2e/test_settlement.py",
+    ),
+    f"{PKG}/settlement/models.py": (
+        "tests/unit/test_settlement_models.py",
+        "tests/unit/test_settlement_service.py",
+    ),
+    f"{PKG}/settlement/report.py": (
+        "tests/e2e/test_settlement_report.py",
+        "tests/e2e/test_settlement_ledger.py",
+    ),
+    f"{PKG}/settlement/rules.py": (
+        "tests/unit/test_settlement_rules.py",
+        "tests/unit/test_settlement_decisions.py",
+    ),
     f"{PKG}/settlement/service.py": (
         "tests/unit/test_settlement_models.py",
+        "tests/unit/test_settlement_service.py",
+        "tests/e2e/test_settlement_http.py",
         "tests/e2e/test_settlement.py",
     ),
 }
