@@ -176,6 +176,7 @@ TESTS: dict[str, tuple[str, ...]] = {
     ),
     f"{PKG}/settlement/models.py": (
         "tests/unit/test_settlement_models.py",
+        "tests/unit/test_settlement_amounts.py",
         "tests/unit/test_settlement_service.py",
     ),
     f"{PKG}/settlement/report.py": (
