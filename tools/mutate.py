@@ -117,6 +117,8 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_history_window.py",
         "tests/e2e/test_idempotency.py",
         "tests/e2e/test_key_expiry.py",
+        "tests/e2e/test_settlement_retention.py",
+        "tests/e2e/test_sync_timeout.py",
     ),
     f"{PKG}/runtime/storage.py": (
         "tests/unit/test_connection.py",

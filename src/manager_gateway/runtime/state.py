@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import orjson
-
 from .journal import JournalKey, JournalRow
 from .records import Account, FinanceRecord
 from .storage import Batch, Found, IdempotencyKey, Snapshot
@@ -38,9 +36,9 @@ class KeyEntry(NamedTuple):
 
 
 def _entry(key: IdempotencyKey) -> tuple[Any, ...]:
-    """A key as read from the ledger; its order, for a Sync retry, is in its outcome."""
-    order = orjson.loads(key.outcome_json).get("order")
-    return (key.command, key.digest, key.outcome_json, key.created_at, order, None)
+    """A key as read from the ledger. It is committed, so its order and event type are never
+    needed: they only bind the Sync retries of a key still being committed (`uncommitted`)."""
+    return (key.command, key.digest, key.outcome_json, key.created_at, None, None)
 
 
 class State:

@@ -1,0 +1,51 @@
+"""Settlement journal retention (docs/settlement.md, 9.1): a row is forgotten by the first commit
+once `settlement_retention_days` have passed since it was made, to the second, on disk and in
+memory alike; the same request is then applied again, as the documentation warns."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import aiohttp
+
+from manager_gateway.runtime.verify import verify_ledger
+
+from ..conftest import GatewayFactory
+from ..fakes import FakeClock
+from ..platform import Platform, adjustment, base_url, fund, settlement_gateway
+
+DAY_S = 86400
+
+
+async def test_a_journal_row_is_forgotten_at_its_retention_to_the_second(
+    make_gateway: GatewayFactory, frozen_clock: FakeClock
+) -> None:
+    h = await settlement_gateway(make_gateway, clock=frozen_clock, settlement_retention_days=1)
+    await fund(await h.client(), h, 8001, credit=100)
+
+    def now() -> dict[str, str]:  # the header the gateway checks against its (frozen) clock
+        return {"timestamp": str(int(frozen_clock.wall() * 1000))}
+
+    async with aiohttp.ClientSession() as session:
+        platform = Platform(base_url(h), session)
+        old = adjustment(8001, "10.00")
+        first = await platform.adjust(old, **now())
+        assert first["code"] == "0"
+        frozen_clock.advance(DAY_S - 1)
+        other = await platform.adjust(
+            adjustment(8001, "1.00"), **now()
+        )  # commits; `old` is a second young
+        assert other["code"] == "0"
+        replay = await platform.adjust(old, **now())
+        assert replay["data"] == first["data"]  # still remembered: a replay
+        assert h.gateway.runtime.reader.journal_rows() == 2
+        frozen_clock.advance(1)  # exactly the retention since `old`
+        assert (await platform.adjust(adjustment(8001, "1.00"), **now()))["code"] == "0"
+        assert h.gateway.runtime.reader.journal_rows() == 2  # `old` pruned, the new one added
+        assert all(key[2] != old["requestUniqueNo"] for key in h.gateway.runtime.state.journal)
+        again = await platform.adjust(old, **now())
+        assert again["code"] == "0"
+        assert again["data"]["order"] != first["data"]["order"]  # applied anew
+        account = h.gateway.runtime.account(8001)
+        assert account is not None and account.credit == Decimal("78.00")  # 100 - 10 - 1 - 1 - 10
+    assert verify_ledger(h.data_dir)[0] == []
