@@ -45,6 +45,17 @@ async def windowed(make_gateway: GatewayFactory, tmp_path: Any, **settings: Any)
     return await make_gateway(storage=storage, data_dir=data_dir, history_window=WINDOW, **settings)
 
 
+async def started(
+    make_gateway: GatewayFactory, tmp_path: Any, **settings: Any
+) -> tuple[Harness, Client]:
+    """A windowed gateway with the LOGINS accounts, and a client."""
+    h = await windowed(make_gateway, tmp_path, **settings)
+    client = await h.client(ttl_s=2 * TTL_S)  # a token that outlives the keys
+    for login in LOGINS:
+        await h.add_user(client, login)
+    return h, client
+
+
 def counting(h: Harness) -> CountingLedger:
     storage = h.gateway.storage
     assert isinstance(storage, CountingLedger)
@@ -71,10 +82,7 @@ def assert_window_holds(h: Harness) -> None:
 async def test_reads_see_every_record_after_the_window_rolled_over(
     make_gateway: GatewayFactory, tmp_path: Any
 ) -> None:
-    h = await windowed(make_gateway, tmp_path)
-    client = await h.client()
-    for login in LOGINS:
-        await h.add_user(client, login)
+    h, client = await started(make_gateway, tmp_path)
     acks = await spread(h, client, 30, "r")
     assert_window_holds(h)
     oldest = await client.ok("GetTradeByOrder", {"order": acks[0]["order"]})
@@ -98,10 +106,7 @@ async def test_reads_see_every_record_after_the_window_rolled_over(
 async def test_an_update_and_a_delete_of_an_old_record_apply_once(
     make_gateway: GatewayFactory, tmp_path: Any
 ) -> None:
-    h = await windowed(make_gateway, tmp_path)
-    client = await h.client()
-    for login in LOGINS:
-        await h.add_user(client, login)
+    h, client = await started(make_gateway, tmp_path)
     acks = await spread(h, client, 20, "u")
     first, second = acks[0]["order"], acks[1]["order"]
     assert h.gateway.runtime.state.record(first) is None  # left the window
@@ -129,10 +134,7 @@ async def test_retries_answer_from_keys_on_disk_for_the_whole_ttl(
 ) -> None:
     """A retry long after its key left memory, within the TTL, gets its first outcome and
     applies nothing; a changed retry is a mismatch; past the TTL the same extID is new."""
-    h = await windowed(make_gateway, tmp_path, clock=frozen_clock)
-    client = await h.client(ttl_s=2 * TTL_S)  # the token outlives the keys
-    for login in LOGINS:
-        await h.add_user(client, login)
+    h, client = await started(make_gateway, tmp_path, clock=frozen_clock)
     first = await client.ok(
         "CreditInSync", {"login": 7001, "amount": 9, "comment": "s"}, ext_id="s"
     )
@@ -159,10 +161,7 @@ async def test_new_keys_cost_no_look_up_and_retries_one_per_batch(
 ) -> None:
     """While no live key has left memory there is nothing to look up; after that, a batch of
     many operations is one look-up, not one per operation."""
-    h = await windowed(make_gateway, tmp_path, clock=frozen_clock)
-    client = await h.client()
-    for login in LOGINS:
-        await h.add_user(client, login)
+    h, client = await started(make_gateway, tmp_path, clock=frozen_clock)
     await spread(h, client, WINDOW - len(LOGINS), "n")  # fills the key window, no more
     assert counting(h).fetches == []
     acks = await spread(h, client, 10, "m")
@@ -189,10 +188,7 @@ async def test_new_keys_cost_no_look_up_and_retries_one_per_batch(
 async def test_sync_retry_after_504_is_answered_after_its_key_left_memory(
     make_gateway: GatewayFactory, tmp_path: Any, frozen_clock: FakeClock
 ) -> None:
-    h = await windowed(make_gateway, tmp_path, clock=frozen_clock, sync_timeout_ms=1000)
-    client = await h.client()
-    for login in LOGINS:
-        await h.add_user(client, login)
+    h, client = await started(make_gateway, tmp_path, clock=frozen_clock, sync_timeout_ms=1000)
     store = ledger(h)
     store.commit_started.clear()
     store.hold()
@@ -240,10 +236,7 @@ async def test_settlement_cancels_and_replays_find_their_rows_on_disk(
 async def test_a_restart_after_many_roll_overs_answers_old_retries(
     make_gateway: GatewayFactory, tmp_path: Any
 ) -> None:
-    h = await windowed(make_gateway, tmp_path)
-    client = await h.client()
-    for login in LOGINS:
-        await h.add_user(client, login)
+    h, client = await started(make_gateway, tmp_path)
     acks = await spread(h, client, 40, "z")
     await h.close_clients()
     await h.gateway.shutdown()
@@ -262,10 +255,7 @@ async def test_a_failed_look_up_refuses_its_batch_and_applies_nothing(
 ) -> None:
     """The ledger cannot be read for a batch's older rows: every operation of that batch is
     answered 500 with nothing applied and no key kept; the next batch goes on as usual."""
-    h = await windowed(make_gateway, tmp_path)
-    client = await h.client()
-    for login in LOGINS:
-        await h.add_user(client, login)
+    h, client = await started(make_gateway, tmp_path)
     acks = await spread(h, client, 12, "f")
     before = await client.ok("GetAccountByLogin", {"login": 7001})
     counting(h).fail_next = StorageError("ledger read failed: disk I/O error")
@@ -285,10 +275,7 @@ async def test_retries_alone_do_not_grow_memory(
 ) -> None:
     """Batches of nothing but retries of old keys commit nothing, yet what they fetched back
     leaves memory again: a client replaying its history cannot grow the gateway."""
-    h = await windowed(make_gateway, tmp_path)
-    client = await h.client()
-    for login in LOGINS:
-        await h.add_user(client, login)
+    h, client = await started(make_gateway, tmp_path)
     acks = await spread(h, client, 30, "g")
     for i in range(25):
         data = {"login": LOGINS[i % 3], "amount": 1 + i, "comment": f"g{i}"}

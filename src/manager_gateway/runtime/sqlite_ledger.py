@@ -244,18 +244,10 @@ class SQLiteLedger:
                 (newest - window,),
             )
         )
-        rows = db.execute(
-            f"SELECT {_KEY_COLUMNS} FROM idempotency ORDER BY created_at DESC LIMIT ?",
-            (window + 1,),
-        ).fetchall()
-        keys_beyond_until = float(rows.pop()[5]) if len(rows) > window else 0.0
-        keys = [_key(row) for row in reversed(rows)]
-        rows = db.execute(
-            f"SELECT {JOURNAL_COLUMNS} FROM settlement_journal ORDER BY created_at DESC LIMIT ?",
-            (window + 1,),
-        ).fetchall()
-        journal_beyond_until = float(rows.pop()[13]) if len(rows) > window else 0.0
-        journal = [journal_row(row) for row in reversed(rows)]
+        rows, keys_beyond_until = _newest(db, _KEY_COLUMNS, "idempotency", window)
+        keys = [_key(row) for row in rows]
+        rows, journal_beyond_until = _newest(db, JOURNAL_COLUMNS, "settlement_journal", window)
+        journal = [journal_row(row) for row in rows]
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         next_order = max(int(meta.get("next_order", 1)), newest + 1)
         next_login = int(meta.get("next_login", 1000))
@@ -463,6 +455,19 @@ def _key(row: Sequence[Any]) -> IdempotencyKey:
     return IdempotencyKey(
         subject, ext_id, command, digest, str(outcome).encode(), float(created_at)
     )
+
+
+def _newest(
+    db: sqlite3.Connection, columns: str, table: str, window: int
+) -> tuple[list[tuple[Any, ...]], float]:
+    """The newest `window` rows of a table with `created_at` last among `columns`, oldest
+    first, and the `created_at` of the newest row left out (0 when none is)."""
+    rows = db.execute(
+        f"SELECT {columns} FROM {table} ORDER BY created_at DESC LIMIT ?", (window + 1,)
+    ).fetchall()
+    beyond_until = float(rows.pop()[-1]) if len(rows) > window else 0.0
+    rows.reverse()
+    return rows, beyond_until
 
 
 def _latest(rows: Iterable[tuple[Any, ...]]) -> dict[int, FinanceRecord]:
