@@ -273,20 +273,12 @@ class SQLiteLedger:
         keys = [
             _key(row)
             for chunk in _chunks(lookup.keys)
-            for row in db.execute(
-                f"SELECT {_KEY_COLUMNS} FROM idempotency"
-                f" WHERE (subject, ext_id) IN (VALUES {_tuples(len(chunk), 2)})",
-                [value for key in chunk for value in key],
-            )
+            for row in db.execute(keys_by_pk_sql(len(chunk)), [v for key in chunk for v in key])
         ]
         journal = [
             journal_row(row)
             for chunk in _chunks(lookup.journal)
-            for row in db.execute(
-                f"SELECT {JOURNAL_COLUMNS} FROM settlement_journal"
-                f" WHERE (company, space, number) IN (VALUES {_tuples(len(chunk), 3)})",
-                [value for key in chunk for value in key],
-            )
+            for row in db.execute(journal_by_pk_sql(len(chunk)), [v for key in chunk for v in key])
         ]
         orders = {*lookup.orders, *(r.finance_order for r in journal if r.finance_order)}
         records = {
@@ -487,3 +479,24 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
 def _tuples(count: int, width: int) -> str:
     one = "(" + ",".join("?" * width) + ")"
     return ",".join([one] * count)
+
+
+# Look-ups by primary key as a join with the wanted keys: SQLite (3.40) answers a row-value
+# `(a, b) IN (VALUES ...)` with a scan of the whole table, and the join with a search of the
+# primary key per wanted row (tests/unit/test_ledger_queries.py checks the plans).
+def keys_by_pk_sql(count: int) -> str:
+    return (
+        f"WITH wanted(subject, ext_id) AS (VALUES {_tuples(count, 2)})"
+        f" SELECT {', '.join('i.' + c for c in _KEY_COLUMNS.split(', '))}"
+        " FROM wanted JOIN idempotency AS i"
+        " ON i.subject = wanted.subject AND i.ext_id = wanted.ext_id"
+    )
+
+
+def journal_by_pk_sql(count: int) -> str:
+    columns = ", ".join("j." + c.strip() for c in JOURNAL_COLUMNS.split(","))
+    return (
+        f"WITH wanted(company, space, number) AS (VALUES {_tuples(count, 3)})"
+        f" SELECT {columns} FROM wanted JOIN settlement_journal AS j"
+        " ON j.company = wanted.company AND j.space = wanted.space AND j.number = wanted.number"
+    )

@@ -13,6 +13,7 @@ long the ledger grows, and a row missing here may still be on disk: `keys_on_dis
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .journal import JournalKey, JournalRow
@@ -129,25 +130,37 @@ class State:
         """Forget the oldest rows beyond the window. Called between batches only: rows fetched
         for a batch must stay until it is applied, however many there are."""
         window = self.window
-        for _ in range(len(self._records) - window):
-            del self._records[next(iter(self._records))]
-        for _ in range(len(self._keys) - window):  # committed: a retry finds them on disk
-            created_at = self._keys.pop(next(iter(self._keys)))[3]
-            self.keys_beyond_until = max(self.keys_beyond_until, created_at)
-        for _ in range(len(self.journal) - window):
-            row = self.journal.pop(next(iter(self.journal)))
+        _drop_oldest(self._records, len(self._records) - window)
+        for row in _drop_oldest(self._keys, len(self._keys) - window):  # a retry reads the disk
+            self.keys_beyond_until = max(self.keys_beyond_until, row[3])
+        for row in _drop_oldest(self.journal, len(self.journal) - window):
             self.journal_beyond_until = max(self.journal_beyond_until, row.created_at)
+
+
+# Both walk the front of the dict once per batch. `next(iter(d))` once per entry would walk the
+# slots of every entry deleted before it again each time: measured at 115 to 300 us per
+# operation once the window was full.
+
+
+def _drop_oldest(rows: dict[Any, Any], count: int) -> list[Any]:
+    """Remove the `count` oldest entries; their values."""
+    if count <= 0:
+        return []
+    oldest = list(islice(rows, count))
+    return [rows.pop(key) for key in oldest]
 
 
 def _drop_created_until(rows: dict[Any, Any], until: float, at: int) -> None:
     """Drop the oldest entries while their `created_at` (field `at`) is at or before `until`;
     entries fetched back from the ledger may sit out of order behind them, and the main loop
     checks every key's age anyway."""
-    while rows:
-        first = next(iter(rows))
-        if rows[first][at] > until:
-            return
-        del rows[first]
+    expired = []
+    for key, row in rows.items():
+        if row[at] > until:
+            break
+        expired.append(key)
+    for key in expired:
+        del rows[key]
 
 
 class Transaction:
