@@ -8,6 +8,12 @@
 4. External Settlement (`settlement_phase.py`): the platform simulator closed loop against a
    gateway's HTTP listener, as long as the CreditInSync 50x4 run; then again with the ledger
    locked from outside for a few seconds half-way through (`settlement-fault`).
+5. History on disk (`history_phase.py`), only when asked for (`--phase history`: it takes long,
+   see BENCHMARKS.md): 2,000,000 `CreditIn` (`--history-operations`) over 1,000 accounts, the
+   gateway's memory at half and at the end, a timed restart on that ledger, and `CreditInSync`
+   50x4 against the windowed gateway and the in-memory design, interleaved.
+
+`--phase` names the phases to run (default: all but history), `--skip` takes some out of those.
 
 Load connections turn their event channels off (docs/protocol.md section 5), so gateway and baseline
 each write one answer frame per request. DIR gets results.json (headline figures, machine,
@@ -28,9 +34,10 @@ from typing import Any
 
 from .eventloop import run_on_uvloop
 from .fanout import FanoutSpec
+from .history_phase import HistorySpec
 from .idle import IdleSpec
 from .pending import PendingSpec
-from .phases import PHASES, Bench, BenchOptions
+from .phases import DEFAULT_PHASES, PHASES, Bench, BenchOptions
 from .report import summary_table
 from .settlement_phase import FaultSpec, SettlementSpec
 
@@ -111,10 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="logins the load spreads over, in every phase (default 100)",
     )
     add(
+        "--phase",
+        type=_phases,
+        default=frozenset(DEFAULT_PHASES),
+        help=f"comma-separated phases to run: {','.join(PHASES)} (default: all but history)",
+    )
+    add(
         "--skip",
         type=_phases,
         default=frozenset(),
-        help=f"comma-separated phases to leave out: {','.join(PHASES)}",
+        help="comma-separated phases to leave out of those --phase names",
     )
     add(
         "--fanout-rate",
@@ -149,6 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=FaultSpec.answer_budget_ms,
         help="the settlement-fault gateway's settlement_answer_budget_ms (default 2500)",
     )
+    add(
+        "--history-operations",
+        type=_positive(int),
+        default=HistorySpec.operations,
+        help="CreditIn the history phase fills its ledger with (default 2,000,000)",
+    )
+    add(
+        "--history-accounts",
+        type=_positive(int),
+        default=HistorySpec.accounts,
+        help="accounts the history phase's fill spreads over (default 1,000)",
+    )
     add("--no-progress", action="store_true", help="no progress bars on stderr")
     add("--keep-data", action="store_true", help="keep the gateways' temporary data dirs")
     return parser
@@ -170,6 +195,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         answer_budget_ms=args.fault_budget_ms,
     )
     fault.validate()
+    history = HistorySpec(operations=args.history_operations, accounts=args.history_accounts)
+    history.validate()
     return BenchOptions(
         out=args.out,
         mode=mode,
@@ -179,6 +206,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         inflight=args.inflight,
         accounts=args.accounts,
         skip=args.skip,
+        phases=args.phase,
         fanout=FanoutSpec(
             listeners=args.fanout_listeners,
             rate=args.fanout_rate,
@@ -201,6 +229,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
             reference_s=min(REFERENCE_S, duration),
         ),
         settlement_fault=fault,
+        history=history,
         progress=not args.no_progress and sys.stderr.isatty(),
         keep_data=args.keep_data,
     )

@@ -1,10 +1,12 @@
 """The bench's own PNGs, beside the load generator's per-run plots (`plot.plot_result`):
-gateway against baseline throughput over time, the fan-out delay distribution, and the gateway's
-memory during the pending-Sync scenario. Built on `Figure` with the Agg canvas, as in `plot.py`.
+gateway against baseline throughput over time, the fan-out delay distribution, the gateway's
+memory during the pending-Sync scenario and while the history phase fills its ledger. Built on
+`Figure` with the Agg canvas, as in `plot.py`.
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,41 @@ def pending_memory_chart(pending: dict[str, Any], path: Path) -> Path:
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def history_memory_chart(history: dict[str, Any], path: Path) -> Path:
+    """Gateway RSS against operations acked during the history phase's fill, with the fill's
+    rate between samples on a second axis."""
+    fig = Figure(figsize=(9, 4.5), layout="constrained")
+    ax = fig.subplots()
+    samples = history["fill"]["rss_samples"]
+    acked = [row["acked"] for row in samples]
+    ax.plot(acked, [row["rss_mb"] for row in samples], color="tab:purple", marker=".", label="RSS")
+    ax.set_xlabel("CreditIn acked")
+    ax.set_ylabel("gateway RSS (MB)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    rate = ax.twinx()
+    rate.plot(
+        acked[1:],
+        [
+            (b["acked"] - a["acked"]) / (b["s"] - a["s"]) if b["s"] > a["s"] else 0.0
+            for a, b in itertools.pairwise(samples)
+        ],
+        color="tab:green",
+        alpha=0.6,
+        label="acks / s",
+    )
+    rate.set_ylabel("acks / s since the previous sample")
+    rate.set_ylim(bottom=0)
+    ax.set_title(
+        f"history: gateway RSS over {history['fill']['acked']:,} CreditIn "
+        f"({history['rss_start_mb']} -> {history['rss_half_mb']} -> {history['rss_end_mb']} MB)"
+    )
+    lines = ax.get_legend_handles_labels()
+    more = rate.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="center right")
     return _save(fig, path)
 
 

@@ -3,7 +3,8 @@
 A phase that fails (a server that does not start, a refused set-up request) is recorded under
 its name and the next one still runs, so one problem does not cost the other figures. Each
 scenario gets a gateway of its own so one's memory and state do not colour the next; every
-server's output goes to a log in the output directory.
+server's output goes to a log in the output directory. `history` (history_phase.py: millions of
+operations, then restarts) takes long and runs only when asked for (`--phase history`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 import orjson
 
 from .fanout import FanoutSpec, run_fanout
+from .history_phase import HistorySpec, history_text, run_history
 from .idle import IdleSpec, run_idle
 from .loadgen import LoadError, LoadResult, LoadSpec, run_load
 from .machine import machine_info
@@ -56,7 +58,10 @@ PHASES = (
     "pending",
     "settlement",
     "settlement-fault",
+    "history",
 )
+# What runs unless --phase says otherwise: every phase but the long history one.
+DEFAULT_PHASES = tuple(name for name in PHASES if name != "history")
 GATEWAY_SETTINGS = {"ledger_synchronous": "FULL"}  # the figures only count with durable commits
 T = TypeVar("T")
 
@@ -71,11 +76,13 @@ class BenchOptions:
     inflight: int = 4
     accounts: int = 100
     skip: frozenset[str] = frozenset()
+    phases: frozenset[str] = frozenset(DEFAULT_PHASES)  # --phase: what may run; skip is taken out
     fanout: FanoutSpec = field(default_factory=FanoutSpec)
     idle: IdleSpec = field(default_factory=IdleSpec)
     pending: PendingSpec = field(default_factory=PendingSpec)
     settlement: SettlementSpec = field(default_factory=SettlementSpec)
     settlement_fault: FaultSpec = field(default_factory=FaultSpec)
+    history: HistorySpec = field(default_factory=HistorySpec)
     progress: bool = False
     keep_data: bool = False
 
@@ -91,8 +98,13 @@ class BenchOptions:
             "single": {"connections": 1, "inflight": 1},
             "events_on_load_connections": False,
             "skip": sorted(self.skip),
+            "phases": [name for name in PHASES if self.runs(name)],
             **GATEWAY_SETTINGS,
         }
+
+    def runs(self, phase: str) -> bool:
+        """Whether `phase` runs: selected (--phase, by default all but history), not skipped."""
+        return phase in self.phases and phase not in self.skip
 
 
 class Bench:
@@ -133,11 +145,11 @@ class Bench:
         self.out.mkdir(parents=True, exist_ok=True)
         raise_file_limit()
         machine = machine_info()
-        skip = self.options.skip
+        selected = self.options.runs
         try:
-            if not {"load", "single"} <= skip:
+            if selected("load") or selected("single"):
                 await self.guard("gateway", self.gateway_runs)
-            if "baseline" not in skip:
+            if selected("baseline"):
                 await self.guard("baseline", self.baseline_run)
             for name, scenario in (
                 ("fanout", self.fanout),
@@ -145,8 +157,9 @@ class Bench:
                 ("pending", self.pending),
                 ("settlement", self.settlement),
                 ("settlement-fault", self.settlement_fault),
+                ("history", self.history),
             ):
-                if name not in skip:
+                if selected(name):
                     self.say(f"== {name}")
                     await self.guard(name, scenario)
         finally:
@@ -169,6 +182,7 @@ class Bench:
             pending=self.scenarios.get("pending"),
             settlement=self.scenarios.get("settlement"),
             settlement_fault=self.scenarios.get("settlement-fault"),
+            history=self.scenarios.get("history"),
             failures=self.failures,
             wall_time_s=time.perf_counter() - started,
         )
@@ -212,11 +226,11 @@ class Bench:
         try:
             self.gateway_memory["start"] = mb(gateway.rss_bytes())
             spec = self.load_spec(gateway.port, await asyncio.to_thread(gateway.mint_token))
-            if "load" not in self.options.skip:
+            if self.options.runs("load"):
                 await self.guard("load", lambda: self.measure("gateway", gateway, spec))
                 spec = replace(spec, create_accounts=False)
                 self.gateway_memory["after_load"] = mb(gateway.rss_bytes())
-            if "single" not in self.options.skip:
+            if self.options.runs("single"):
                 single = replace(spec, connections=1, inflight=1)
                 await self.guard("single", lambda: self.measure("single", gateway, single))
         finally:
@@ -379,6 +393,30 @@ class Bench:
         self.say(simulation.summary())
         self.say(fault_text(result))
 
+    async def history(self) -> None:
+        """Fill a ledger, restart on it, compare throughput with the in-memory design; the
+        CreditInSync runs are the load phase's (its connections, durations, accounts)."""
+        spec = self.options.history
+        # The fill's accounts are the load's logins and more, unless the load spreads wider.
+        load_logins = range(LoadSpec.first_login, LoadSpec.first_login + self.options.accounts)
+        create = not (
+            spec.logins.start <= load_logins.start and load_logins.stop <= spec.logins.stop
+        )
+
+        def load_spec(port: int, token: str) -> LoadSpec:
+            return replace(self.load_spec(port, token), create_accounts=create)
+
+        result = await run_history(
+            spec,
+            self.data / "history",
+            self.out / "gateway-history.log",
+            load_spec,
+            dict(GATEWAY_SETTINGS),
+            self.say,
+        )
+        self.scenarios["history"] = result
+        self.say(history_text(result))
+
     def write(self, results: dict[str, Any]) -> list[Path]:
         """results.json and every plot; a plot that fails is recorded, not fatal."""
         written = []
@@ -392,7 +430,12 @@ class Bench:
         return [path, *written]
 
     def plots(self, results: dict[str, Any]) -> list[Path]:
-        from .charts import comparison_chart, fanout_delay_chart, pending_memory_chart
+        from .charts import (
+            comparison_chart,
+            fanout_delay_chart,
+            history_memory_chart,
+            pending_memory_chart,
+        )
         from .plot import plot_result
         from .settlement.plots import plot_simulation
 
@@ -409,6 +452,10 @@ class Bench:
         if results["pending"] is not None:
             written.append(
                 pending_memory_chart(results["pending"], self.out / "pending-memory.png")
+            )
+        if results.get("history") is not None:
+            written.append(
+                history_memory_chart(results["history"], self.out / "history-memory.png")
             )
         for name, simulation in self.simulations.items():
             written += plot_simulation(simulation, self.out, name)  # NAME-timeline/-latency.png

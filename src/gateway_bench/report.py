@@ -1,9 +1,10 @@
 """results.json and the summary: the headline figures, each target judged, a table for people.
 
-Targets are benchmark figures from issue 3 (a 2-core machine shared by generator and gateway)
-and, for External Settlement, issue 9. They are judged here and printed, never asserted by the
-test suite: a missed target is news about the gateway or the machine, not a failed bench. A
-target whose measurement was skipped or could not be made is `met: None`, shown as "n/a".
+Targets are benchmark figures from issue 3 (a 2-core machine shared by generator and gateway),
+for External Settlement issue 9, and for the history phase issue 10. They are judged here and
+printed, never asserted by the test suite: a missed target is news about the gateway or the
+machine, not a failed bench. A target whose measurement was skipped or could not be made is
+`met: None`, shown as "n/a".
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def assemble_results(
     cpu: dict[str, dict[str, float]] | None = None,
     settlement: dict[str, Any] | None = None,
     settlement_fault: dict[str, Any] | None = None,
+    history: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole results.json document."""
     top = headline(runs)
@@ -77,6 +79,7 @@ def assemble_results(
         "pending": pending,
         "settlement": settlement,
         "settlement_fault": settlement_fault,
+        "history": history,
         "failures": failures,
         "wall_time_s": round(wall_time_s, 1),
     }
@@ -92,6 +95,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[Target]:
         *_pending_targets(results.get("pending")),
         *_settlement_targets(results.get("settlement")),
         *_fault_targets(results.get("settlement_fault")),
+        *_history_targets(results.get("history")),
     ]
 
 
@@ -101,6 +105,10 @@ def _at_most(limit: float) -> Callable[[Any], bool | None]:
 
 def _at_least(limit: float) -> Callable[[Any], bool | None]:
     return lambda value: None if value is None else value >= limit
+
+
+def _below(limit: float) -> Callable[[Any], bool | None]:
+    return lambda value: None if value is None else value < limit
 
 
 def _target(
@@ -377,6 +385,65 @@ def _fault_targets(fault: dict[str, Any] | None) -> list[Target]:
     ]  # fmt: skip
 
 
+# History on disk (issue 10): after 2,000,000 operations on 1,000 accounts, memory small and flat,
+# a quick restart, and the windowed gateway's throughput within 10 % of the in-memory design's.
+HISTORY_RSS_MB = 250.0
+HISTORY_GROWTH_MB = 20.0
+HISTORY_RESTART_S = 2.0
+HISTORY_RATIO = 0.9
+
+
+def _history_targets(history: dict[str, Any] | None) -> list[Target]:
+    goals = [
+        f"< {HISTORY_RSS_MB:g} MB",
+        f"< {HISTORY_GROWTH_MB:g} MB",
+        f"< {HISTORY_RESTART_S:g} s",
+        f">= {HISTORY_RATIO:g}",
+        "== 0",
+    ]
+    if history is None:
+        names = [
+            "history: gateway RSS after the fill",
+            "history: RSS growth over the fill's second half",
+            "history: restart to listening",
+            "history: CreditInSync 50x4 windowed / in-memory",
+            "history: CreditInSync errors and mismatches",
+        ]
+        return [Target(name, goal, None, None) for name, goal in zip(names, goals, strict=True)]
+    fill, throughput = history["fill"], history["throughput"]
+    operations, half = fill["operations"], fill["operations"] // 2
+    load = throughput["runs"][0]["load"] if throughput["runs"] else "CreditInSync"
+    runs = ", ".join(f"{run['design']} {_fmt(run['rps'])}" for run in throughput["runs"])
+    return [
+        _target(
+            f"history: gateway RSS after {operations:,} operations", goals[0],
+            history["rss_end_mb"], _below(HISTORY_RSS_MB),
+            f"{history['spec']['accounts']:,} accounts; at the start "
+            f"{_fmt(history['rss_start_mb'])} MB, after {half:,} {_fmt(history['rss_half_mb'])} MB",
+        ),
+        _target(
+            f"history: RSS growth {half:,} -> {operations:,} operations", goals[1],
+            history["rss_growth_mb"], _below(HISTORY_GROWTH_MB),
+        ),
+        _target(
+            "history: restart to listening", goals[2], history["restart_s"],
+            _below(HISTORY_RESTART_S),
+            f"spawn to a HealthCheck answered, on the {operations:,}-operation ledger (on the "
+            f"accounts alone, before the fill: {_fmt(fill.get('start_s'))} s); stop took "
+            f"{_fmt(history['restart'].get('stop_s'))} s",
+        ),
+        _target(
+            f"history: {load} windowed / in-memory", goals[3], history["throughput_ratio"],
+            _at_least(HISTORY_RATIO),
+            f"medians {_fmt(throughput['windowed_median_rps'])} vs "
+            f"{_fmt(throughput['in_memory_median_rps'])} ok/s; runs in order: {runs}",
+        ),
+        _target(
+            f"history: {load} errors and mismatches", goals[4], throughput["errors"], _at_most(0)
+        ),
+    ]  # fmt: skip
+
+
 def was_stalled(fault: dict[str, Any]) -> bool:
     """Did the held lock stop the gateway deciding? Some answer says so: a SERVICE_UNAVAILABLE
     (here or in the gateway's count), or, with a hold shorter than the budget, an answer that
@@ -415,6 +482,7 @@ def summary_table(results: dict[str, Any]) -> str:
         f"{_fmt(results.get('single_p50_ms'))} ms, p99 {_fmt(results.get('single_p99_ms'))} ms",
         *_cpu_lines(results.get("cpu") or {}),
         *_settlement_lines(results.get("settlement"), results.get("settlement_fault")),
+        *_history_lines(results.get("history")),
         "",
     ]
     rows = [
@@ -475,6 +543,23 @@ def _settlement_lines(settlement: dict[str, Any] | None, fault: dict[str, Any] |
             f"unresolved {fault['unresolved_adjustments']}, mismatches {fault['mismatches']}"
         )
     return lines
+
+
+def _history_lines(history: dict[str, Any] | None) -> list[str]:
+    if history is None:
+        return []
+    fill, restart, throughput = history["fill"], history["restart"], history["throughput"]
+    return [
+        f"History: {fill['acked']:,} CreditIn over {history['spec']['accounts']:,} accounts in "
+        f"{_fmt(fill['seconds'])} s ({_fmt(fill['ops_per_s'])}/s); gateway RSS "
+        f"{_fmt(history['rss_start_mb'])} -> {_fmt(history['rss_half_mb'])} -> "
+        f"{_fmt(history['rss_end_mb'])} MB; restart {_fmt(restart['start_s'])} s "
+        f"({_fmt(restart['loaded'].get('records'))} records loaded, stop "
+        f"{_fmt(restart.get('stop_s'))} s); CreditInSync windowed "
+        f"{_fmt(throughput['windowed_median_rps'])} vs in-memory "
+        f"{_fmt(throughput['in_memory_median_rps'])} ok/s (medians), ratio "
+        f"{_fmt(throughput['ratio'])}"
+    ]
 
 
 def cpu_text(settlement: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from gateway_bench.bench import PHASES, build_parser, main, options_from_args
+from gateway_bench.phases import DEFAULT_PHASES
 from gateway_bench.report import assemble_results, evaluate_targets, summary_table
 
 
@@ -84,6 +85,31 @@ def test_skip_takes_known_phases_only(capsys: pytest.CaptureFixture[str]) -> Non
         options("--skip", "fanout,nonsense")
     assert exit_info.value.code == 2
     assert "nonsense" in capsys.readouterr().err
+
+
+def test_history_runs_only_when_asked_for() -> None:
+    """By default every phase but history runs; --phase names the phases to run and --skip takes
+    some out of those; the history options reach its spec."""
+    default = options()
+    assert "history" in PHASES and "history" not in DEFAULT_PHASES
+    assert [name for name in PHASES if default.runs(name)] == list(DEFAULT_PHASES)
+    assert default.settings()["phases"] == list(DEFAULT_PHASES)
+    only = options("--phase", "history", "--history-operations", "5000")
+    assert [name for name in PHASES if only.runs(name)] == ["history"]
+    assert only.history.operations == 5000 and only.history.accounts == 1000
+    assert options().history.operations == 2_000_000
+    both = options("--phase", "load,history", "--skip", "load", "--history-accounts", "7")
+    assert [name for name in PHASES if both.runs(name)] == ["history"]
+    assert both.history.logins == range(100_000, 100_007)
+
+
+def test_a_history_fill_of_one_operation_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", "/tmp/x", "--phase", "history", "--history-operations", "1"])
+    assert exit_info.value.code == 2
+    assert "at least 2" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -193,6 +219,35 @@ FAULT = {
 }
 
 
+def history_run(design: str, rps: float, errors: int = 0) -> dict[str, Any]:
+    return {"design": design, "load": "CreditInSync 50x4", "rps": rps, "errors": errors}
+
+
+HISTORY = {
+    "spec": {"operations": 2_000_000, "accounts": 1_000},
+    "rss_start_mb": 60.0,
+    "rss_half_mb": 180.0,
+    "rss_end_mb": 195.0,
+    "rss_growth_mb": 15.0,
+    "restart_s": 1.5,
+    "throughput_ratio": 0.95,
+    "fill": {"operations": 2_000_000, "acked": 2_000_000, "seconds": 400.0, "ops_per_s": 5000.0},
+    "restart": {"stop_s": 0.3, "exit_code": 0, "start_s": 1.5, "loaded": {"records": 50_000}},
+    "throughput": {
+        "runs": [
+            history_run("windowed", 9_500.0),
+            history_run("in-memory", 10_000.0),
+            history_run("windowed", 9_400.0),
+            history_run("in-memory", 9_900.0),
+        ],
+        "windowed_median_rps": 9_450.0,
+        "in_memory_median_rps": 9_950.0,
+        "ratio": 0.95,
+        "errors": 0,
+    },
+}
+
+
 def results(**sections: Any) -> dict[str, Any]:
     runs = {
         "gateway": load_run(9_000.0, 8.0, 20.0),
@@ -211,6 +266,7 @@ def results(**sections: Any) -> dict[str, Any]:
         cpu={"gateway": {"wall_s": 18.0, "server_cpu_s": 18.0, "generator_cpu_s": 9.0}},
         settlement=sections.get("settlement", SETTLEMENT),
         settlement_fault=sections.get("settlement_fault", FAULT),
+        history=sections.get("history", HISTORY),
     )
 
 
@@ -284,7 +340,13 @@ def test_allocated_blocks_are_judged_against_the_starting_level() -> None:
 def test_skipped_phases_are_not_judged() -> None:
     """A phase that did not run leaves its targets n/a and its headline fields None."""
     document = results(
-        runs={}, fanout=None, idle=None, pending=None, settlement=None, settlement_fault=None
+        runs={},
+        fanout=None,
+        idle=None,
+        pending=None,
+        settlement=None,
+        settlement_fault=None,
+        history=None,
     )
     assert document["ratio"] is None and document["gateway_rps"] is None
     assert set(verdicts(document).values()) == {None}
@@ -375,6 +437,36 @@ def test_settlement_ratio_needs_the_load_run() -> None:
     assert met["settlement 50: p99"] is True
 
 
+HISTORY_TARGETS = (
+    "history: gateway RSS after 2,000,000 operations",
+    "history: RSS growth 1,000,000 -> 2,000,000 operations",
+    "history: restart to listening",
+    "history: CreditInSync 50x4 windowed / in-memory",
+    "history: CreditInSync 50x4 errors and mismatches",
+)
+
+
+def test_history_targets_are_judged() -> None:
+    """RSS under 250 MB, growth over the second half under 20 MB, restart under 2 s, the
+    windowed gateway's median at least 0.9 of the in-memory design's, no errors."""
+    met = verdicts(results())
+    assert [met[name] for name in HISTORY_TARGETS] == [True] * 5
+    runs = [history_run("windowed", 3_000.0, errors=2), history_run("in-memory", 10_000.0)]
+    missed = {
+        **HISTORY,
+        "rss_end_mb": 250.0,
+        "rss_growth_mb": 20.0,
+        "restart_s": 2.0,
+        "throughput_ratio": 0.3,
+        "throughput": {**HISTORY["throughput"], "runs": runs, "errors": 2},
+    }
+    met = verdicts(results(history=missed))
+    assert [met[name] for name in HISTORY_TARGETS] == [False] * 5
+    document = results(history=None)
+    unjudged = [t for t in document["targets"] if t["name"].startswith("history:")]
+    assert len(unjudged) == 5 and {t["met"] for t in unjudged} == {None}
+
+
 def test_summary_table_lists_every_target_with_its_verdict() -> None:
     """The printed table names each target, its goal, the figure and PASS / MISS / n/a."""
     document = results(idle=None)
@@ -385,6 +477,8 @@ def test_summary_table_lists_every_target_with_its_verdict() -> None:
     assert "adjustment over HTTP 0.2 ms vs CreditInSync over TCP 0.1 ms (x2)" in table
     assert "over HTTP 0.15 ms vs over TCP 0.05 ms (x3: the HTTP path costs 0.1 ms more)" in table
     assert "ledger locked 4.01 s from 3 s: slowest answer 2,503 ms by the gateway's clock" in table
+    assert "History: 2,000,000 CreditIn over 1,000 accounts in 400 s (5,000/s)" in table
+    assert "gateway RSS 60 -> 180 -> 195 MB; restart 1.5 s" in table
     for target in document["targets"]:
         assert target["name"] in table
     assert "PASS" in table and "MISS" in table and "n/a" in table
