@@ -23,7 +23,7 @@ from manager_gateway.server.metrics import STATUSES
 from ..conftest import DEMO_USER, GatewayFactory, Harness, ledger, wait_until
 
 LOGIN = 1001
-WAIT_S = 10  # bound on waiting for the ledger thread to reach the held commit
+WAIT_S = 60  # a bound, not a pause: under mutmut on a loaded machine the answers took over 10 s
 INTERNAL = {"status": 500, "error": "INTERNAL_ERROR", "message": "internal error"}
 
 
