@@ -130,18 +130,25 @@ TESTS: dict[str, tuple[str, ...]] = {
     ),
     f"{PKG}/protocol/codec.py": (
         "tests/unit/test_codec.py",
+        "tests/unit/test_envelope_messages.py",
         "tests/unit/test_ascii_frames.py",
         "tests/unit/test_permissions.py",
     ),
     f"{PKG}/protocol/errors.py": (
         "tests/unit/test_codec.py",
+        "tests/unit/test_envelope_messages.py",
+        "tests/unit/test_framing.py",
         "tests/unit/test_waiters.py",
         "tests/unit/test_models.py",
     ),
     f"{PKG}/protocol/framing.py": ("tests/unit/test_framing.py",),
-    f"{PKG}/protocol/models.py": ("tests/unit/test_models.py",),
+    f"{PKG}/protocol/models.py": (
+        "tests/unit/test_models.py",
+        "tests/unit/test_data_messages.py",
+    ),
     f"{PKG}/protocol/money.py": (
         "tests/unit/test_money.py",
+        "tests/unit/test_data_messages.py",
         "tests/unit/test_ascii_frames.py",
     ),
     f"{PKG}/session/access.py": (
