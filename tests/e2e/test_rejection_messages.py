@@ -120,3 +120,21 @@ async def test_an_update_takes_the_times_it_is_given_and_a_delete_stamps_its_own
     assert await record_times() == (created_at - 3600, created_at - 1800, created_at + 180)
     problems, summary = verify_ledger(gw.data_dir)  # versions 1..4 of the one order
     assert (problems, summary.split()[1]) == ([], "orders=1")
+
+
+async def test_an_unknown_command_and_a_missing_token_say_so(gw: Harness) -> None:
+    """The 404 names the command it does not know; a request with no token on a connection
+    that never bound one is told the token is missing, not that it is invalid."""
+    client = await gw.client()
+    assert await refusal(client, "GetTheMoon", {}) == (
+        404,
+        "UNKNOWN_COMMAND",
+        "unknown command 'GetTheMoon'",
+    )
+    fresh = await gw.client()
+    answer = await fresh.request("GetGroups", {}, token=None)
+    assert (answer["status"], answer["error"], answer["message"]) == (
+        401,
+        "INVALID_TOKEN",
+        "missing token",
+    )
