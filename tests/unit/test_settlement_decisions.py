@@ -145,6 +145,25 @@ def test_the_record_comment_names_the_operation_order_and_number() -> None:
     assert len(comments[2]) == 255
 
 
+def test_order_zero_is_named_in_the_comment() -> None:
+    world = World()
+    one(world, adjust("z", "1", order_id=0))
+    assert world.state.record(1).comment == "settlement OPEN_POSITION order 0 #z"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("field", "cmds"), [("credit", (7, 9)), ("balance", (6, 8))])
+def test_the_record_kind_follows_the_sign_even_below_one(
+    field: WalletField, cmds: tuple[int, int]
+) -> None:
+    """A gain of 0.50 is an IN record and a loss of 0.50 an OUT one, of the wallet's kind."""
+    world = World(field=field)
+    world.state.accounts[LOGIN] = account(LOGIN, "demo", "10", balance="10")
+    one(world, adjust("in", "0.5", "NORMAL_CLOSE"))
+    one(world, adjust("out", "0.5"))
+    kinds = tuple(world.state.record(order).cmd for order in (1, 2))  # type: ignore[union-attr]
+    assert kinds == cmds
+
+
 def test_an_open_may_take_the_wallet_to_exactly_zero() -> None:
     world = World()
     assert one(world, adjust("all", "100")).outcome["answer"]["data"]["walletAmount"] == "0.00"
