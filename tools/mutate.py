@@ -47,6 +47,7 @@ TESTS: dict[str, tuple[str, ...]] = {
     ),
     f"{PKG}/server/connection.py": (
         "tests/unit/test_connection.py",
+        "tests/unit/test_connection_outcomes.py",
         "tests/unit/test_admission.py",
         "tests/e2e/test_transport.py",
         "tests/e2e/test_limits.py",
@@ -54,10 +55,14 @@ TESTS: dict[str, tuple[str, ...]] = {
     ),
     f"{PKG}/server/app.py": (
         "tests/unit/test_connection.py",
+        "tests/unit/test_connection_outcomes.py",
         "tests/unit/test_admission.py",
+        "tests/e2e/test_gateway_lifecycle.py",
         "tests/e2e/test_shutdown.py",
         "tests/e2e/test_sessions.py",
         "tests/e2e/test_transport.py",
+        "tests/e2e/test_settlement_retention.py",
+        "tests/e2e/test_history_window.py",
     ),
     f"{PKG}/commands/dispatch.py": (
         "tests/unit/test_permissions.py",
