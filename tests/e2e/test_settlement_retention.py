@@ -49,3 +49,35 @@ async def test_a_journal_row_is_forgotten_at_its_retention_to_the_second(
         account = h.gateway.runtime.account(8001)
         assert account is not None and account.credit == Decimal("78.00")  # 100 - 10 - 1 - 1 - 10
     assert verify_ledger(h.data_dir)[0] == []
+
+
+async def test_a_row_read_back_from_the_ledger_is_forgotten_at_its_retention_too(
+    make_gateway: GatewayFactory, frozen_clock: FakeClock
+) -> None:
+    """With a window of 4, an old row a replay brings back from the ledger is not kept past its
+    retention behind younger rows: the replay after it is applied anew."""
+    h = await settlement_gateway(
+        make_gateway, clock=frozen_clock, settlement_retention_days=1, history_window=4
+    )
+    await fund(await h.client(), h, 8002, credit=100)
+
+    def now() -> dict[str, str]:
+        return {"timestamp": str(int(frozen_clock.wall() * 1000))}
+
+    async with aiohttp.ClientSession() as session:
+        platform = Platform(base_url(h), session)
+        old = adjustment(8002, "10.00")
+        first = await platform.adjust(old, **now())
+        frozen_clock.advance(10)
+        for _ in range(5):  # younger rows push `old` out of the window
+            assert (await platform.adjust(adjustment(8002, "1.00"), **now()))["code"] == "0"
+        assert all(key[2] != old["requestUniqueNo"] for key in h.gateway.runtime.state.journal)
+        frozen_clock.advance(DAY_S - 11)
+        replay = await platform.adjust(old, **now())  # read back from the ledger
+        assert replay["data"] == first["data"]
+        frozen_clock.advance(1)  # exactly the retention since `old`
+        assert (await platform.adjust(adjustment(8002, "1.00"), **now()))["code"] == "0"
+        again = await platform.adjust(old, **now())
+        assert again["code"] == "0"
+        assert again["data"]["order"] != first["data"]["order"]  # applied anew
+    assert verify_ledger(h.data_dir)[0] == []

@@ -66,6 +66,9 @@ class State:
         # place when cancelled, which keeps their position).
         self.journal: dict[JournalKey, JournalRow] = {row.key: row for row in snapshot.journal}
         # The newest `created_at` of a key (journal row) the ledger holds and memory does not.
+        # Journal rows read back for the batch being applied: dropped again after it, since
+        # pruning walks the window from its oldest end and would never reach them there.
+        self._fetched_journal: list[JournalKey] = []
         self.keys_beyond_until = snapshot.keys_beyond_until
         self.journal_beyond_until = snapshot.journal_beyond_until
         self.next_order = snapshot.next_order
@@ -108,7 +111,9 @@ class State:
         for key in found.keys:
             self._keys.setdefault((key.subject, key.ext_id), _entry(key))
         for row in found.journal:
-            self.journal.setdefault(row.key, row)
+            if row.key not in self.journal:
+                self.journal[row.key] = row
+                self._fetched_journal.append(row.key)
         for record in found.records:
             self._records.setdefault(record.order, tuple(record))
 
@@ -129,6 +134,11 @@ class State:
     def trim(self) -> None:
         """Forget the oldest rows beyond the window. Called between batches only: rows fetched
         for a batch must stay until it is applied, however many there are."""
+        for key in self._fetched_journal:  # the ledger has them, in their latest version
+            row = self.journal.pop(key, None)
+            if row is not None:
+                self.journal_beyond_until = max(self.journal_beyond_until, row.created_at)
+        self._fetched_journal.clear()
         window = self.window
         _drop_oldest(self._records, len(self._records) - window)
         for row in _drop_oldest(self._keys, len(self._keys) - window):  # a retry reads the disk
