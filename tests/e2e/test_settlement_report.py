@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import sqlite3
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -147,3 +149,23 @@ def test_csv_has_a_header_and_a_line_per_row() -> None:
 )
 def test_times_are_utc_unless_they_say_otherwise(text: str, moment: datetime) -> None:
     assert parse_time(text) == moment.timestamp()
+
+
+@pytest.fixture
+def india(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's local time at UTC+05:30 (a POSIX TZ rule: no time zone database needed)."""
+    monkeypatch.setenv("TZ", "IST-05:30")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("india")
+def test_a_time_without_an_offset_is_utc_whatever_the_local_zone() -> None:
+    """An operator in India passing --since 2026-01-02 means midnight UTC, not local midnight."""
+    assert time.localtime(0).tm_gmtoff == 5 * 3600 + 1800
+    assert parse_time("2026-01-02") == datetime(2026, 1, 2, tzinfo=UTC).timestamp()
+    assert (
+        parse_time("2026-01-02T03:04:05") == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
+    )
