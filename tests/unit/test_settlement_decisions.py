@@ -350,8 +350,10 @@ def test_a_cancel_of_an_unknown_number_journals_a_tombstone_and_itself() -> None
     )  # fmt: skip
     again = one(world, cancel("c2", "late"))
     assert again.outcome == {"answer": {"code": "US_0000002", "msg": msg, "data": {}}}
-    assert row(world, "c2").code == "US_0000002"
+    assert (row(world, "c2").code, row(world, "c2").created_at) == ("US_0000002", NOW)
     assert world.rules.counters.tombstones == 1
+    one(world, cancel("c3", "later"))
+    assert world.rules.counters.tombstones == 2  # the gateway_settlement_tombstones_total metric
 
 
 def test_a_cancel_naming_a_cancel_is_refused_and_not_journaled() -> None:
@@ -372,6 +374,7 @@ def test_a_cancel_of_a_refused_adjustment_names_its_code() -> None:
     msg = "adjustment 'r' was received but not processed (INSUFFICIENT_FUNDS)"
     assert effect.outcome == {"answer": {"code": "US_0000001", "msg": msg, "data": {}}}
     assert row(world, "c")[5:11] == ("US_0000001", None, "u", None, "0", "r")
+    assert row(world, "c").created_at == NOW
 
 
 def test_cancels_that_reverse_nothing_say_why() -> None:
@@ -387,6 +390,7 @@ def test_cancels_that_reverse_nothing_say_why() -> None:
     assert (already.record, nothing.record) == (None, None)
     assert row(world, "c2")[5:12] == ("0", None, "u", None, "0", "a", None)
     assert row(world, "c3").amount == "0"
+    assert (row(world, "c2").created_at, row(world, "c3").created_at) == (NOW, NOW)
     assert row(world, "a").cancelled_by == "c1"
     assert world.wallet() == Decimal("100.00")
 
@@ -461,6 +465,33 @@ def test_a_cancel_of_a_record_deleted_over_tcp_is_logged(
         {"event": "settlement_cancel_of_deleted_record", "order": 1, "log_level": "warning"}
     ]
     assert row(world, "c")[5:12] == ("0", None, "u", None, "0", "a", None)
+    assert row(world, "c").created_at == NOW
+
+
+@pytest.mark.parametrize("missing", ["record", "account"])
+def test_a_cancel_whose_record_or_account_is_missing_answers_already_reversed(
+    missing: str,
+) -> None:
+    """An applied adjustment whose finance record, or that record's account, the ledger no
+    longer has (a damaged ledger, which ledger verify names): the cancel moves nothing and
+    answers 0, as for a record deleted over TCP."""
+    world = World()
+    tx = Transaction(world.state)
+    if missing == "account":  # a record of login 555, which has no account
+        tx.put_record(
+            FinanceRecord(99, 1, 555, 9, 3, Decimal("-10.00"), "c", SECONDS, SECONDS, SECONDS)
+        )
+    tx.put_journal(
+        JournalRow(
+            1, REQUESTS, "lost", "adjustment", "f", "0", LOGIN, "u", 99, "-10.00", None, None,
+            journaled("success"), NOW,
+        )
+    )  # fmt: skip
+    world.state.apply(tx)
+    effect = one(world, cancel("c", "lost"))
+    assert effect.outcome == {"answer": answer(Code.OK, "success (already reversed)")}
+    assert row(world, "lost").cancelled_by == "c"
+    assert world.wallet() == Decimal("100.00")
 
 
 def test_a_reversal_below_zero_is_refused_and_logged(logs: list[MutableMapping[str, Any]]) -> None:
@@ -489,3 +520,10 @@ def test_a_reversal_below_zero_is_refused_and_logged(logs: list[MutableMapping[s
         one(world, cancel("c", "close", "50")).outcome["answer"]["data"]["walletAmount"] == "0.00"
     )
     assert world.rules.counters.reversals_refused == 1
+    one(world, adjust("close-2", "5", "NORMAL_CLOSE"))
+    one(world, adjust("spend-3", "5"))
+    for _ in range(2):  # each refused retry counts: gateway_settlement_reversals_refused_total
+        assert one(world, cancel("c3", "close-2", "5")).outcome["answer"]["code"] == (
+            "INSUFFICIENT_FUNDS"
+        )
+    assert world.rules.counters.reversals_refused == 3
