@@ -500,6 +500,24 @@ async def test_the_amount_query_refusals(
     world.runtime.accounts[77] = funded(77, "1")
     answer = await world.service.amount(headers(**given), raw)
     assert (answer["code"], answer["msg"], answer["data"]) == (code, msg, {})
+    assert answer["trace"] == ("" if "trace" in given else "t-1")  # echoed, "" when absent
+
+
+@pytest.mark.parametrize(
+    ("route", "values"),
+    [("cancel", CANCEL), ("transfer", TRANSFER)],
+)
+async def test_cancels_and_transfers_need_no_timestamp(route: str, values: dict[str, Any]) -> None:
+    """Only an adjustment needs the timestamp header (docs/settlement.md 5.2 and 5.4)."""
+    world = World()
+    pending = asyncio.ensure_future(
+        getattr(world.service, route)(headers(timestamp=None), body(values))
+    )
+    await asyncio.sleep(0)
+    world.runtime.future.set_result({"code": "0", "msg": "success", "data": {}})
+    assert (await pending)["code"] == "0"
+    refused = await world.service.adjust(headers(timestamp=None), body(ADJUSTMENT))
+    assert refused["msg"] == "header timestamp is required"
 
 
 # -- the envelope ----------------------------------------------------------------------------
