@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
@@ -31,7 +30,6 @@ from manager_gateway.server.connection import Connection
 from manager_gateway.server.metrics import STATUSES, CommandStats
 from manager_gateway.session.access import SessionType
 from manager_gateway.waiters import SessionGone
-from tests.conftest import Harness
 from tests.fakes import FakeClock, GatedLedger
 
 from .test_connection import FakeTransport, Rig, request, stalled_connection, turns
@@ -598,17 +596,6 @@ async def test_a_connection_with_no_peer_address_is_served_and_logged_as_unknown
             "penalty_s": rig.gateway.settings.auth_penalty_s,
         },
     ]
-
-
-async def test_accepted_tcp_connections_send_without_delay(gw: Harness) -> None:
-    """Nagle's algorithm is off on every accepted TCP connection: a small answer is not held
-    back waiting for the peer's acknowledgement."""
-    client = await gw.client()
-    assert (await client.ok("HealthCheck"))["status"] == "ok"
-    [conn] = gw.gateway.connections
-    assert conn.transport is not None
-    sock = conn.transport.get_extra_info("socket")
-    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
 # -- closing -----------------------------------------------------------------------------------
