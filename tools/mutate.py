@@ -131,7 +131,8 @@ TESTS: dict[str, tuple[str, ...]] = {
     ),
     f"{PKG}/runtime/verify.py": (
         "tests/e2e/test_ledger_verify.py",
-        "tests/e2e/test_ledger_failures.py",
+        "tests/e2e/test_settlement_ledger.py",
+        "tests/test_cli.py",
     ),
     f"{PKG}/protocol/codec.py": (
         "tests/unit/test_codec.py",
