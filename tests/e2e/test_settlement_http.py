@@ -195,3 +195,31 @@ async def test_an_address_outside_the_allow_list_gets_403_in_the_envelope(
     assert settlement_lines(logs) == [line] * (len(ROUTES) + 2)
     assert answered(h) == {}
     assert h.gateway.runtime.state.journal == {}
+
+
+async def test_every_answer_is_labelled_application_json_exactly(
+    make_gateway: GatewayFactory, session: aiohttp.ClientSession
+) -> None:
+    """Each route's envelope, the OpenAPI document and /healthz carry `Content-Type:
+    application/json` byte for byte: media types are case-insensitive in HTTP, but a platform
+    client that compares the header as a string must get the spelling it expects."""
+    _, platform = await started(make_gateway, session)
+    bodies = {
+        ADJUST: (adjustment(LOGIN, "1"), "0"),
+        CANCEL: (cancellation(LOGIN, "never-sent", "1"), "US_0000002"),
+        AMOUNT: ({"thirdServerCode": str(LOGIN), "userName": "u", "currency": "USD"}, "0"),
+        TRANSFER: (transfer(LOGIN, "1"), "0"),
+    }
+    for route, (body, code) in bodies.items():
+        async with session.post(
+            f"{platform.base_url}/{route}", data=orjson.dumps(body), headers=platform.headers()
+        ) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"] == "application/json", route
+            assert (await response.json())["code"] == code, route
+    root = platform.base_url.removesuffix("/api")
+    for url in (f"{platform.base_url}/openapi.json", f"{root}/healthz"):
+        async with session.get(url) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"] == "application/json", url
+            assert await response.json()
