@@ -49,9 +49,13 @@ async def test_frame_too_large_is_413_and_closes(
     assert (await late.ok("HealthCheck"))["status"] == "ok"
 
 
-async def test_frames_before_an_oversized_one_are_answered(make_gateway: GatewayFactory) -> None:
-    """A read and a deposit sent in the same write as an oversized frame are handled first; the
-    deposit is applied though the connection closes before it could be answered."""
+@pytest.mark.parametrize("terminated", [True, False], ids=["whole-frame", "partial-frame"])
+async def test_frames_before_an_oversized_one_are_answered(
+    make_gateway: GatewayFactory, terminated: bool
+) -> None:
+    """A read and a deposit sent in the same write as an oversized frame, finished or not, are
+    handled first; the deposit is applied though the connection closes before it could be
+    answered."""
     h = await make_gateway(max_frame_bytes=4096)
     client, other = await h.client(), await h.client()
     await h.add_user(client, 1001)
@@ -65,7 +69,7 @@ async def test_frames_before_an_oversized_one_are_answered(make_gateway: Gateway
         )
         + b"\r\n"
         + health_frame("big", 5000)
-        + b"\r\n"
+        + (b"\r\n" if terminated else b"")
     )
     assert (await asyncio.wait_for(read, 5))["status"] == 200
     await asyncio.wait_for(client.closed.wait(), 5)

@@ -263,3 +263,12 @@ def test_frames_before_an_oversized_one_are_carried_on_the_error() -> None:
     with pytest.raises(FrameTooLarge) as caught:
         decoder.feed(b'{"a":1}\r\n{"b":2}\n' + b"x" * 17 + b"\r\n")
     assert caught.value.completed == [b'{"a":1}', b'{"b":2}']
+
+
+def test_frames_before_an_unfinished_oversized_one_are_carried_on_the_error() -> None:
+    """An oversized frame still unfinished at the end of the read does not lose the frames the
+    same read completed: they are served as when its terminator arrives in the same read."""
+    decoder = FrameDecoder(16)
+    with pytest.raises(FrameTooLarge) as caught:
+        decoder.feed(b'{"a":1}\r\n' + b"x" * 17)
+    assert caught.value.completed == [b'{"a":1}']

@@ -40,7 +40,7 @@ class FrameDecoder:
         buffer = self._buffer
         if b"\n" not in data:  # the middle of a frame: just keep it
             buffer += data
-            self._check_partial()
+            self._check_partial([])
             return []
         if buffer:
             buffer += data
@@ -55,12 +55,14 @@ class FrameDecoder:
             if line and not (line[0] in _BLANK and line.isspace()):
                 frames.append(line)
         self._buffer = bytearray(rest)
-        self._check_partial()
+        # The frames this read completed travel on the error too: whether they are served must
+        # not depend on whether TCP delivered the oversized tail in the same read.
+        self._check_partial(frames)
         return frames
 
-    def _check_partial(self) -> None:
+    def _check_partial(self, completed: list[bytes]) -> None:
         # One byte over is allowed only when it is a '\r' that may be half of the terminator.
         buffer = self._buffer
         excess = len(buffer) - self._max
         if excess > 1 or (excess == 1 and buffer[-1] != 0x0D):
-            raise FrameTooLarge(completed=[])
+            raise FrameTooLarge(completed=completed)
