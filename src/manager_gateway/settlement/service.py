@@ -68,7 +68,7 @@ class SettlementService:
         self.runtime = runtime
         self.rules = rules
         self.clock = clock
-        self._access = access  # the operations' author in the main loop's logs
+        self._access = access  # every Operation names one; `Rules` checks the same masks itself
         self._draining = draining
         self.past_budget = 0  # answers sent as SERVICE_UNAVAILABLE because the budget ran out
 
