@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
+from manager_gateway.runtime.verify import verify_ledger
 from manager_gateway.session.access import SessionType
 from manager_gateway.session.tokens import SECRET_FILE, TokenService
 
@@ -167,8 +168,13 @@ def test_ledger_verify_on_an_empty_dir_fails_clearly(tmp_path: Path) -> None:
     empty.mkdir()
     done = cli("ledger", "verify", "--data-dir", empty, cwd=tmp_path)
     assert done.returncode != 0
-    assert f"MISMATCH no ledger at {empty / LEDGER_FILE}" in done.stdout.splitlines()
+    assert done.stdout.splitlines() == [
+        "nothing to verify",
+        f"MISMATCH no ledger at {empty / LEDGER_FILE}",
+    ]
     assert list(empty.iterdir()) == []
+    # In this process too, where mutation testing sees a changed line of verify.py.
+    assert verify_ledger(empty) == ([f"no ledger at {empty / LEDGER_FILE}"], "nothing to verify")
 
 
 def test_serve_with_a_missing_config_file_exits_with_a_message(tmp_path: Path) -> None:

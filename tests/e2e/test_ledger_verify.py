@@ -101,6 +101,11 @@ CASES: dict[str, tuple[tuple[str, ...], list[str]]] = {
         ("UPDATE meta SET value = '3' WHERE key = 'next_order'",),
         ["order sequence 3 is not ahead of order 3"],
     ),
+    "order-sequence-lost": (
+        # Without its row the sequence counts from 1, as a fresh ledger's would.
+        ("DELETE FROM meta WHERE key = 'next_order'",),
+        ["order sequence 1 is not ahead of order 3"],
+    ),
     "answered-order-lost": (
         ("DELETE FROM records WHERE ord = 3",),
         [
@@ -113,6 +118,10 @@ CASES: dict[str, tuple[tuple[str, ...], list[str]]] = {
             "UPDATE idempotency SET outcome = json_set(outcome, '$.record.login', 8002)"
             " WHERE ext_id = 'b1'",
         ),
+        ["key (1, b1) of BalanceInSync: answered a record of another login"],
+    ),
+    "answer-without-its-record": (
+        ("UPDATE idempotency SET outcome = json_remove(outcome, '$.record') WHERE ext_id = 'b1'",),
         ["key (1, b1) of BalanceInSync: answered a record of another login"],
     ),
     "answered-login-lost": (
@@ -137,6 +146,19 @@ async def test_verify_reports_exactly_the_damage(
     corrupt(data_dir, *statements)
     problems, _ = verify_ledger(data_dir)
     assert sorted(problems) == sorted(expected)
+
+
+async def test_verify_accepts_a_ledger_from_before_settlement(
+    make_gateway: GatewayFactory, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A ledger written before the settlement journal existed has no such table: consistent,
+    with no journal rows counted."""
+    data_dir = await written_ledger(make_gateway, tmp_path_factory)
+    corrupt(data_dir, "DROP TABLE settlement_journal")
+    assert verify_ledger(data_dir) == (
+        [],
+        "accounts=2 orders=3 next_order=4 idempotency_keys=6 settlement_journal=0",
+    )
 
 
 async def test_cli_verify_fails_on_an_answered_order_that_is_missing(
@@ -174,5 +196,9 @@ async def test_cli_verify_reports_a_damaged_page_instead_of_crashing(
     done = cli("ledger", "verify", "--data-dir", data_dir, cwd=data_dir.parent)
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 1
+    assert done.stdout.splitlines()[0] == "unreadable", done.stdout
     mismatches = [line for line in done.stdout.splitlines() if line.startswith("MISMATCH")]
     assert any("malformed" in line for line in mismatches), done.stdout
+    problems, summary = verify_ledger(data_dir)  # in this process too (mutation testing)
+    assert summary == "unreadable"
+    assert len(problems) == 1 and problems[0].startswith("sqlite could not read the ledger: ")

@@ -162,6 +162,11 @@ async def test_ledger_verify_names_each_journal_inconsistency(
     assert status == 1, output
     assert mismatches == expected, output
     assert f"ledger inconsistent: {len(expected)} problem(s)" in output
+    # The same check in this process too, where a changed line of verify.py is seen (a mutation
+    # test cannot see into the command's process).
+    problems, summary = verify_ledger(run.data_dir)
+    assert [f"MISMATCH {problem}" for problem in problems] == expected
+    assert summary.endswith("settlement_journal=9"), summary
 
 
 async def test_ledger_verify_passes_on_the_untouched_ledger(
