@@ -3,14 +3,34 @@ every settlement journal row, as the answers that depend on them show."""
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from manager_gateway.runtime.sqlite_ledger import JOURNAL_COLUMNS, LEDGER_FILE
 from manager_gateway.runtime.verify import verify_ledger
 
 from ..conftest import DEMO_USER, GatewayFactory
 from ..platform import Platform, adjustment, base_url, cancellation, fund, settlement_gateway
+
+
+def ledger_rows(data_dir: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of the ledger as stored, read behind the gateway's back."""
+    db = sqlite3.connect(data_dir / LEDGER_FILE)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+#: Every account column but the money: what a deposit after the restart must write back unchanged.
+PROFILE_COLUMNS = (
+    "SELECT login, grp, name, email, password_hash, leverage, enable, currency, digits,"
+    " registration_time"
+    " FROM accounts ORDER BY login"
+)
 
 PROFILES = {
     2001: {"group": "demo", "name": "Ada Lovelace", "email": "ada@example.com", "leverage": 50},
@@ -45,8 +65,17 @@ async def test_accounts_and_records_read_back_the_same_after_a_restart(
     await first.close_clients()
     await first.gateway.shutdown()
 
+    stored = ledger_rows(first.data_dir, PROFILE_COLUMNS)
+    assert [row[4][:7] for row in stored] == ["scrypt$"] * 2  # the password hashes
+
     again = await make_gateway(data_dir=first.data_dir)
-    assert await seen(await again.client()) == before
+    client = await again.client()
+    assert await seen(client) == before
+    # Each account row is written whole by a balance change: what was read back, the password
+    # hash included (no answer shows it), is what goes back to the disk.
+    for login in PROFILES:
+        await client.ok("BalanceIn", {"login": login, "amount": 1})
+    assert ledger_rows(again.data_dir, PROFILE_COLUMNS) == stored
     assert verify_ledger(again.data_dir)[0] == []
 
 
@@ -86,18 +115,31 @@ async def test_settlement_answers_the_same_after_a_restart(make_gateway: Gateway
     assert before[-1][1] == "70.00"
     await first.close_clients()
     await first.gateway.shutdown()
+    row = f"SELECT {JOURNAL_COLUMNS} FROM settlement_journal WHERE number = '{{}}'"
+    (confirmed_row,) = ledger_rows(first.data_dir, row.format(confirmed["requestUniqueNo"]))
 
     again = await settlement_gateway(make_gateway, data_dir=first.data_dir)
     assert await answers(again) == before
     async with aiohttp.ClientSession() as session:
         platform = Platform(base_url(again), session)
-        late = await platform.cancel(cancellation(3001, confirmed["requestUniqueNo"], "30.00"))
+        late_cancel = cancellation(3001, confirmed["requestUniqueNo"], "30.00")
+        late = await platform.cancel(late_cancel)
         assert late["code"] == "0"
         assert await platform.wallet(3001) == "100.00"
         blocked = await platform.adjust(
             adjustment(3001, "5.00", requestUniqueNo="never-sent", userName="alice")
         )
         assert blocked["code"] == "REQUEST_CANCELLED"  # the tombstone came back with the restart
+        # A second cancel of the adjustment cancelled before the restart moves nothing.
+        twice = await platform.cancel(cancellation(3001, cancelled["requestUniqueNo"], "20.00"))
+        assert (twice["code"], twice["msg"]) == ("0", "success (already cancelled)")
+        assert await platform.wallet(3001) == "100.00"
+    # The adjustment read back and then cancelled is written whole again: as it was, but for
+    # the cancel's number.
+    (after,) = ledger_rows(again.data_dir, row.format(confirmed["requestUniqueNo"]))
+    cancelled_by = late_cancel["requestUniqueNo"]
+    assert after == (*confirmed_row[:-3], cancelled_by, *confirmed_row[-2:])
+    assert confirmed_row[7] == "alice" and confirmed_row[-3] is None  # user_name, cancelled_by
     assert verify_ledger(again.data_dir)[0] == []
 
 
