@@ -82,7 +82,11 @@ def assert_window_holds(h: Harness) -> None:
 async def test_reads_see_every_record_after_the_window_rolled_over(
     make_gateway: GatewayFactory, tmp_path: Any
 ) -> None:
-    h, client = await started(make_gateway, tmp_path)
+    groups = [
+        {"name": "demo", "currency": "USD", "digits": 2},
+        {"name": "vip-eur", "currency": "EUR", "digits": 2},
+    ]
+    h, client = await started(make_gateway, tmp_path, groups=groups)
     acks = await spread(h, client, 30, "r")
     assert_window_holds(h)
     oldest = await client.ok("GetTradeByOrder", {"order": acks[0]["order"]})
@@ -101,6 +105,13 @@ async def test_reads_see_every_record_after_the_window_rolled_over(
     assert await outsider.ok("MngGetTradesByFilter", {}) == {"rows": [], "count": 0}
     missing = await client.request("GetTradeByOrder", {"order": 10_000})
     assert (missing["status"], missing["error"]) == (404, "TRADE_NOT_FOUND")
+    # A session that sees some accounts only: the filter names its logins (here all three).
+    await h.add_user(client, 7009, group="vip-eur")
+    await client.ok("BalanceIn", {"login": 7009, "amount": 1})
+    demo_only = await h.client(groups=["demo*"])
+    seen = await demo_only.ok("MngGetTradesByFilter", {"limit": 100})
+    assert seen["count"] == 30
+    assert [row["order"] for row in seen["rows"]] == [a["order"] for a in reversed(acks)]
 
 
 async def test_an_update_and_a_delete_of_an_old_record_apply_once(
@@ -126,6 +137,38 @@ async def test_an_update_and_a_delete_of_an_old_record_apply_once(
         + sum(1 + i for i in range(10) if i % 3 == 1)
     )
     assert account["balance"] == float(expected)
+    assert verify_ledger(h.data_dir)[0] == []
+
+
+async def test_old_records_named_in_one_batch_come_back_in_one_look_up(
+    make_gateway: GatewayFactory, tmp_path: Any
+) -> None:
+    """Two old records updated in the same batch: one look-up names both, and both updates
+    apply to the right record."""
+    h, client = await started(make_gateway, tmp_path)
+    acks = await spread(h, client, 20, "o")
+    first, fourth = acks[0]["order"], acks[3]["order"]  # both of login 7001, long out of memory
+    store, probe = ledger(h), await h.client()
+    store.commit_started.clear()
+    store.hold()  # the blocker's batch waits in its commit; the updates queue up as one batch
+    blocker = client.send("BalanceIn", {"login": 7002, "amount": 1}, ext_id="blocker")
+    assert await asyncio.to_thread(store.commit_started.wait, 5)
+    before = len(counting(h).fetches)
+    updates = [
+        client.send("BalanceIn", {"login": 7001, "amount": 40, "order": first}, ext_id="u1"),
+        client.send("BalanceIn", {"login": 7001, "amount": 70, "order": fourth}, ext_id="u4"),
+    ]
+    await wait_until(probe, lambda: h.gateway.runtime.queue_depth == len(updates))
+    store.release()
+    assert (await blocker)["status"] == 200
+    assert [(await future)["status"] for future in updates] == [200, 200]
+    assert [sorted(lookup.orders) for lookup in counting(h).fetches[before:]] == [
+        sorted([first, fourth])
+    ]
+    assert (await client.ok("GetTradeByOrder", {"order": first}))["profit"] == 40.0
+    assert (await client.ok("GetTradeByOrder", {"order": fourth}))["profit"] == 70.0
+    account = await client.ok("GetAccountByLogin", {"login": 7001})
+    assert account["balance"] == float(sum(1 + i for i in range(20) if i % 3 == 0) - 1 - 4 + 110)
     assert verify_ledger(h.data_dir)[0] == []
 
 
