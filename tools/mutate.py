@@ -114,6 +114,9 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_restart_state.py",
         "tests/e2e/test_history_window.py",
         "tests/e2e/test_commands.py",
+        "tests/e2e/test_settlement_retention.py",
+        "tests/unit/test_ledger_reads.py",
+        "tests/unit/test_ledger_queries.py",
     ),
     f"{PKG}/runtime/state.py": (
         "tests/unit/test_settlement_rules.py",

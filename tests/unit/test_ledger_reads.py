@@ -1,0 +1,57 @@
+"""The ledger's reads on the real SQLite file: what they say when SQLite fails (the operator
+reads it in the log), and the history readers' connections, one per thread, kept and closed."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE, SQLiteLedger, SQLiteReader
+from manager_gateway.runtime.storage import Lookup, StorageError
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_failed_look_up_names_the_sqlite_error(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path)
+    ledger.close()
+    with pytest.raises(StorageError) as caught:
+        ledger.fetch(Lookup(orders=[1]))
+    assert str(caught.value) == "ledger read failed: Cannot operate on a closed database."
+
+
+def test_a_failed_journal_count_names_the_sqlite_error(tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path)
+    ledger.close()
+    db = sqlite3.connect(tmp_path / LEDGER_FILE)
+    db.execute("DROP TABLE settlement_journal")
+    db.close()
+    reader = SQLiteReader(tmp_path / LEDGER_FILE)  # a ledger opened again would make it anew
+    try:
+        with pytest.raises(StorageError) as caught:
+            reader.journal_rows()
+        assert str(caught.value) == "ledger read failed: no such table: settlement_journal"
+    finally:
+        reader.close()
+
+
+def test_a_reader_keeps_one_connection_per_thread_until_closed(tmp_path: Path) -> None:
+    """Reads on one thread share one read-only connection; `close` releases it."""
+    ledger = SQLiteLedger(tmp_path)
+    reader = ledger.reader()
+    before = open_descriptors()
+    try:
+        for order in range(1, 21):
+            assert reader.record(order) is None
+        assert reader.journal_rows() == 0
+        opened = open_descriptors() - before
+        assert 1 <= opened <= 3, opened  # the file, and at most its WAL and index
+    finally:
+        reader.close()
+        ledger.close()
+    assert open_descriptors() < before  # the writer's too, now
