@@ -115,6 +115,7 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_history_window.py",
         "tests/e2e/test_commands.py",
         "tests/e2e/test_settlement_retention.py",
+        "tests/e2e/test_settlement_report.py",
         "tests/unit/test_ledger_reads.py",
         "tests/unit/test_ledger_queries.py",
     ),
