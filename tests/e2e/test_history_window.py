@@ -273,7 +273,16 @@ async def test_settlement_cancels_and_replays_find_their_rows_on_disk(
         assert await platform.wallet(7101) == f"{1000 - 6 * WINDOW:.2f}"
         late = await platform.adjust(adjustment(7101, "1.00", requestUniqueNo="gone"))
         assert late["code"] == "REQUEST_CANCELLED"
-    assert verify_ledger(h.data_dir)[0] == []
+    # After a restart the rows beyond the window are still known to be on disk.
+    await h.close_clients()
+    await h.gateway.shutdown()
+    again = await settlement_gateway(make_gateway, data_dir=h.data_dir, history_window=WINDOW)
+    async with aiohttp.ClientSession() as session:
+        platform = Platform(base_url(again), session)
+        replay = await platform.adjust(first)
+        assert (replay["code"], replay["data"]) == (answered["code"], answered["data"])
+        assert await platform.wallet(7101) == f"{1000 - 6 * WINDOW:.2f}"
+    assert verify_ledger(again.data_dir)[0] == []
 
 
 async def test_a_restart_after_many_roll_overs_answers_old_retries(

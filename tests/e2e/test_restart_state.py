@@ -143,6 +143,13 @@ async def test_settlement_answers_the_same_after_a_restart(make_gateway: Gateway
     assert verify_ledger(again.data_dir)[0] == []
 
 
+async def test_the_first_automatic_login_of_a_new_ledger_is_1000(
+    make_gateway: GatewayFactory,
+) -> None:
+    h = await make_gateway()
+    assert (await (await h.client()).ok("AddUser", DEMO_USER))["login"] == 1000
+
+
 async def test_automatic_logins_skip_taken_ones_and_carry_on_after_a_restart(
     make_gateway: GatewayFactory,
 ) -> None:
