@@ -1,5 +1,6 @@
-"""The ledger's reads on the real SQLite file: what they say when SQLite fails (the operator
-reads it in the log), and the history readers' connections, one per thread, kept and closed."""
+"""The ledger on the real SQLite file: how a new one starts, what its reads say when SQLite fails
+(the operator reads it in the log), and the history readers' connections, one per thread, kept
+and closed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE, SQLiteLedger, SQLiteReader
+from manager_gateway.runtime.sqlite_ledger import (
+    LEDGER_FILE,
+    SCHEMA_VERSION,
+    SQLiteLedger,
+    SQLiteReader,
+)
 from manager_gateway.runtime.storage import Lookup, StorageError
 
 
@@ -55,3 +61,23 @@ def test_a_reader_keeps_one_connection_per_thread_until_closed(tmp_path: Path) -
         reader.close()
         ledger.close()
     assert open_descriptors() < before  # the writer's too, now
+
+
+def test_a_new_ledger_makes_its_directories_and_records_its_schema_version(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "not" / "yet"
+    SQLiteLedger(data_dir).close()
+    db = sqlite3.connect(data_dir / LEDGER_FILE)
+    try:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    finally:
+        db.close()
+    assert meta["schema_version"] == str(SCHEMA_VERSION)
+
+
+def test_an_unknown_synchronous_mode_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as caught:
+        SQLiteLedger(tmp_path, "OFF")
+    assert str(caught.value) == "ledger_synchronous must be one of ('FULL', 'NORMAL', 'EXTRA')"
+    assert not (tmp_path / LEDGER_FILE).exists()
