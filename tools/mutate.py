@@ -136,6 +136,7 @@ TESTS: dict[str, tuple[str, ...]] = {
     f"{PKG}/runtime/verify.py": (
         "tests/e2e/test_ledger_verify.py",
         "tests/e2e/test_settlement_ledger.py",
+        "tests/e2e/test_restart_state.py",
         "tests/test_cli.py",
     ),
     f"{PKG}/protocol/codec.py": (

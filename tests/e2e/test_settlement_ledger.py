@@ -111,6 +111,16 @@ CANCEL = "MISMATCH settlement cancel 'cancel-2' of company 1"
             id="record-deleted",
         ),
         pytest.param(
+            "DELETE FROM records WHERE ord IN (3, 6)",
+            [
+                "MISMATCH account 1001: credit 987.50, records sum to 1000.00",
+                "MISMATCH account 1002: credit 1055.10, records sum to 1030.00",
+                f"{ADJUSTMENT}: finance order 3 is missing",
+                "MISMATCH settlement transfer 'tx-4' of company 1: finance order 6 is missing",
+            ],
+            id="two-records-deleted",
+        ),
+        pytest.param(
             "UPDATE settlement_journal SET amount = '-1.25' WHERE number = 'open-1'",
             [f"{ADJUSTMENT}: moved -1.25, but order 3 was made with -12.50"],
             id="adjustment-amount-changed",
