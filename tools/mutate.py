@@ -85,6 +85,7 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_commands.py",
         # Settlement operations are decided by their own rules and bypass the key bookkeeping:
         # these two cover their failed commit and their events (the whole file takes minutes).
+        "tests/e2e/test_settlement_retention.py",
         "tests/e2e/test_settlement.py::test_a_failed_commit_moves_nothing",
         "tests/e2e/test_settlement.py::test_adjustments_reach_tcp_sessions_as_events",
     ),

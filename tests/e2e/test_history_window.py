@@ -8,6 +8,7 @@ through, so the rows it asks about left memory long ago.
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import aiohttp
@@ -30,9 +31,22 @@ class CountingLedger(GatedLedger):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.fetches: list[Lookup] = []
+        self.fetch_started = threading.Event()
+        self._fetch_open = threading.Event()
+        self._fetch_open.set()
+
+    def hold_fetches(self) -> None:
+        """Look-ups wait until `close` (a disk that stops answering reads)."""
+        self._fetch_open.clear()
+
+    def close(self) -> None:
+        self._fetch_open.set()
+        super().close()
 
     def fetch(self, lookup: Lookup) -> Found:
         self.fetches.append(lookup)
+        self.fetch_started.set()
+        self._fetch_open.wait()
         if self.fail_next is not None:  # as a read error of the disk would
             error, self.fail_next = self.fail_next, None
             raise error
@@ -319,6 +333,25 @@ async def test_a_failed_look_up_refuses_its_batch_and_applies_nothing(
     assert await client.ok("BalanceIn", retry, ext_id="f0") == acks[0]  # its key, once more
     new = await client.ok("BalanceIn", {"login": 7001, "amount": 2}, ext_id="f-new")
     assert new["order"] == 13
+    assert verify_ledger(h.data_dir)[0] == []
+
+
+async def test_a_shutdown_that_gives_up_on_a_hung_look_up_answers_its_batch_503(
+    make_gateway: GatewayFactory, tmp_path: Any
+) -> None:
+    """The ledger stops answering the read a batch needs, and the drain's time runs out: the
+    batch is answered 503 SHUTTING_DOWN (not left hanging), and nothing of it is applied."""
+    h, client = await started(make_gateway, tmp_path, shutdown_timeout_s=0.2)
+    acks = await spread(h, client, 12, "s")
+    store = counting(h)
+    store.hold_fetches()
+    update = client.send("BalanceIn", {"login": 7001, "amount": 9, "order": acks[0]["order"]})
+    assert await asyncio.to_thread(store.fetch_started.wait, 5)
+    await asyncio.wait_for(h.gateway.shutdown(), 10)
+    assert not h.gateway.ledger_finished
+    answer = await asyncio.wait_for(update, 10)
+    assert (answer["status"], answer["error"]) == (503, "SHUTTING_DOWN"), answer
+    store.close()  # lets the stuck look-up finish, as the process's exit would
     assert verify_ledger(h.data_dir)[0] == []
 
 
