@@ -12,7 +12,11 @@ import threading
 from typing import Any
 
 import aiohttp
+import pytest
+import structlog
+import structlog.testing
 
+from manager_gateway.runtime import mainloop
 from manager_gateway.runtime.storage import Found, Lookup, StorageError
 from manager_gateway.runtime.verify import verify_ledger
 
@@ -317,16 +321,28 @@ async def test_a_restart_after_many_roll_overs_answers_old_retries(
 
 
 async def test_a_failed_look_up_refuses_its_batch_and_applies_nothing(
-    make_gateway: GatewayFactory, tmp_path: Any
+    make_gateway: GatewayFactory, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The ledger cannot be read for a batch's older rows: every operation of that batch is
-    answered 500 with nothing applied and no key kept; the next batch goes on as usual."""
+    answered 500 with nothing applied and no key kept, and the operator's log says why; the
+    next batch goes on as usual."""
     h, client = await started(make_gateway, tmp_path)
     acks = await spread(h, client, 12, "f")
     before = await client.ok("GetAccountByLogin", {"login": 7001})
     counting(h).fail_next = StorageError("ledger read failed: disk I/O error")
     retry = {"login": 7001, "amount": 1, "comment": "f0"}
-    refused = await client.request("BalanceIn", retry, ext_id="f0")
+    with structlog.testing.capture_logs() as logs:
+        # A fresh logger under the capture, whatever an earlier in-process CLI test configured.
+        monkeypatch.setattr(mainloop, "log", structlog.get_logger("manager_gateway.mainloop"))
+        refused = await client.request("BalanceIn", retry, ext_id="f0")
+    assert [entry for entry in logs if entry["event"] == "ledger_read_failed"] == [
+        {
+            "event": "ledger_read_failed",
+            "error": "ledger read failed: disk I/O error",
+            "operations": 1,
+            "log_level": "error",
+        }
+    ]
     assert (refused["status"], refused["error"]) == (500, "INTERNAL_ERROR")
     assert refused["message"] == "the ledger could not be read; nothing was applied"
     assert await client.ok("GetAccountByLogin", {"login": 7001}) == before

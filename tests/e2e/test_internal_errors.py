@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 
 from manager_gateway.commands.registry import COMMANDS, CommandSpec
 from manager_gateway.runtime import mainloop
@@ -124,16 +126,37 @@ async def test_apply_bug_answers_its_caller_500_and_the_batch_goes_on(
         "ok-1001": ("BalanceIn", {"login": 1001, "amount": 10.0}),
         "bug-async": ("BalanceIn", {"login": 1002, "amount": 20.0}),
         "bug-sync": ("BalanceInSync", {"login": 1002, "amount": 30.0}),
+        "refused": ("BalanceIn", {"login": 4242, "amount": 5.0}),  # no such account
         "ok-1003": ("BalanceInSync", {"login": 1003, "amount": 40.0}),
     }
     pending = {ext_id: client.send(*request, ext_id=ext_id) for ext_id, request in requests.items()}
     await wait_until(probe, lambda: gw.gateway.runtime.queue_depth == len(requests))
-    store.release()
-
-    assert (await asyncio.wait_for(blocker, WAIT_S))["status"] == 200
-    answers = {ext_id: await asyncio.wait_for(f, WAIT_S) for ext_id, f in pending.items()}
+    with structlog.testing.capture_logs() as logs:
+        # A fresh logger under the capture, whatever an earlier in-process CLI test configured.
+        monkeypatch.setattr(mainloop, "log", structlog.get_logger("manager_gateway.mainloop"))
+        store.release()
+        assert (await asyncio.wait_for(blocker, WAIT_S))["status"] == 200
+        answers = {ext_id: await asyncio.wait_for(f, WAIT_S) for ext_id, f in pending.items()}
     for ext_id in ("bug-async", "bug-sync"):
         assert answers[ext_id] == {"extID": ext_id, **INTERNAL}
+    assert (answers["refused"]["status"], answers["refused"]["error"]) == (404, "USER_NOT_FOUND")
+    failed = [entry for entry in logs if entry["event"] == "operation_failed"]
+    assert [(e["command"], e["ext_id"], e["log_level"]) for e in failed] == [
+        ("BalanceIn", "bug-async", "error"),
+        ("BalanceInSync", "bug-sync", "error"),
+    ]
+    assert all(entry["exc_info"] is True for entry in failed)
+    rejected = [entry for entry in logs if entry["event"] == "operation_rejected"]
+    assert rejected == [
+        {
+            "event": "operation_rejected",
+            "command": "BalanceIn",
+            "ext_id": "refused",
+            "error": "USER_NOT_FOUND",
+            "message": answers["refused"]["message"],
+            "log_level": "debug",
+        }
+    ]
     assert answers["ok-1001"]["data"]["amount"] == 10.0
     assert answers["ok-1003"]["data"]["profit"] == 40.0
     balances = await client.ok("GetUserBalanceList", {"logins": [1001, 1002, 1003]})
