@@ -16,7 +16,10 @@ from typing import Any
 
 import orjson
 import pytest
+import structlog
+import structlog.testing
 
+from manager_gateway.runtime import mainloop
 from manager_gateway.runtime.records import FinanceRecord
 from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
 from manager_gateway.runtime.storage import Batch, StorageError
@@ -123,7 +126,7 @@ def frame(client: Client, command: str, data: dict[str, Any], ext_id: str) -> by
 
 @pytest.mark.parametrize("command", ["CreditIn", "CreditInSync"])
 async def test_failed_commit_answers_the_retry_waiting_on_it(
-    make_gateway: GatewayFactory, command: str
+    make_gateway: GatewayFactory, command: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same extID sent twice in one batch, whose commit is held and then fails: the first
     is applied in the batch and the retry follows it; both are answered 500 "nothing was
@@ -145,8 +148,20 @@ async def test_failed_commit_answers_the_retry_waiting_on_it(
     assert not first.done()
 
     store.fail_next = StorageError("injected: the commit fails")
-    store.release()
-    assert_nothing_applied(await asyncio.wait_for(first, WAIT_S), "dup")
+    with structlog.testing.capture_logs() as logs:
+        # A fresh logger under the capture, whatever an earlier in-process CLI test configured.
+        monkeypatch.setattr(mainloop, "log", structlog.get_logger("manager_gateway.mainloop"))
+        store.release()
+        assert_nothing_applied(await asyncio.wait_for(first, WAIT_S), "dup")
+    # The operator's log says why, and how many operations were applied in the lost batch.
+    assert [entry for entry in logs if entry["event"] == "ledger_commit_failed"] == [
+        {
+            "event": "ledger_commit_failed",
+            "error": "injected: the commit fails",
+            "operations": 1,
+            "log_level": "error",
+        }
+    ]
     # Both answers are written in the same turn, before this HealthCheck is read: the retry's,
     # under the same extID, is filed by the client as an orphan.
     await client.ok("HealthCheck")

@@ -237,13 +237,13 @@ class MainLoop:
                 self._executor, self._storage.commit, tx.batch
             )
         except asyncio.CancelledError:  # stop() gave up on a ledger that does not finish
-            self._abandon(tx, applied, ShuttingDown())
+            self._abandon(applied, ShuttingDown())
             raise
         except Exception as exc:
             log.error("ledger_commit_failed", error=str(exc), operations=len(applied))
             if self._observer is not None:
                 self._observer.commit_failed()
-            self._abandon(tx, applied)
+            self._abandon(applied)
             return
         commit_ms = (time.perf_counter() - commit_started) * 1000
         if self._observer is not None:
@@ -356,13 +356,10 @@ class MainLoop:
             self._waiters.reject(op.waiter, error)
 
     def _abandon(
-        self,
-        tx: Transaction,
-        applied: list[tuple[Operation, Effect]],
-        error: GatewayError | None = None,
+        self, applied: list[tuple[Operation, Effect]], error: GatewayError | None = None
     ) -> None:
-        """The commit failed (or was given up on): `tx` is not published; its keys go, its
-        callers are told `error`."""
+        """The commit failed (or was given up on): the batch's transaction is not published;
+        its keys go, its callers are told `error`."""
         if error is None:
             error = InternalError("the ledger could not record the operation; nothing was applied")
         for op, _ in applied:
