@@ -86,6 +86,8 @@ TESTS: dict[str, tuple[str, ...]] = {
         # Settlement operations are decided by their own rules and bypass the key bookkeeping:
         # these two cover their failed commit and their events (the whole file takes minutes).
         "tests/e2e/test_settlement_retention.py",
+        "tests/e2e/test_metrics.py::test_traffic_moves_the_counts_exactly",
+        "tests/e2e/test_metrics.py::test_failed_commit_is_counted",
         "tests/e2e/test_settlement.py::test_a_failed_commit_moves_nothing",
         "tests/e2e/test_settlement.py::test_adjustments_reach_tcp_sessions_as_events",
     ),

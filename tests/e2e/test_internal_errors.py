@@ -174,3 +174,34 @@ async def test_apply_bug_answers_its_caller_500_and_the_batch_goes_on(
     account = await client.ok("GetAccountByLogin", {"login": 1002})
     assert account["balance"] == 50.0
     assert verify_ledger(gw.data_dir)[0] == []
+
+
+async def test_a_failed_announcement_is_logged_and_the_writer_goes_on(
+    gw: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fanning out one committed operation's event fails (a bug in the hub): the operation is
+    still answered, the log names it, and the next operation is announced as usual."""
+    client, listener = await gw.client(), await gw.client()
+    await gw.add_user(client, 1001)
+    assert (await listener.ok("GetGroups"))["count"] == 1  # binds its token: it hears events
+    hub = gw.gateway.hub
+    real_trade_event = hub.trade_event
+
+    def broken_trade_event(*args: Any) -> None:
+        raise PlantedBug("announce")
+
+    monkeypatch.setattr(hub, "trade_event", broken_trade_event)
+    with structlog.testing.capture_logs() as logs:
+        # A fresh logger under the capture, whatever an earlier in-process CLI test configured.
+        monkeypatch.setattr(mainloop, "log", structlog.get_logger("manager_gateway.mainloop"))
+        unheard = await client.ok("BalanceIn", {"login": 1001, "amount": 5.0}, ext_id="unheard")
+    monkeypatch.setattr(hub, "trade_event", real_trade_event)
+    failed = [entry for entry in logs if entry["event"] == "announce_failed"]
+    assert [(e["command"], e["ext_id"], e["log_level"], e["exc_info"]) for e in failed] == [
+        ("BalanceIn", "unheard", "error", True)
+    ]
+    heard = await client.ok("BalanceIn", {"login": 1001, "amount": 7.0}, ext_id="heard")
+    event = await asyncio.wait_for(listener.next_event(), WAIT_S)
+    assert (event["event"], event["data"]["order"]) == ("trade:event", heard["order"])
+    assert heard["order"] == unheard["order"] + 1
+    assert (await client.ok("GetAccountByLogin", {"login": 1001}))["balance"] == 12.0

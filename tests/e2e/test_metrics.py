@@ -12,6 +12,7 @@ import errno
 import itertools
 import os
 import socket
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,7 @@ async def test_traffic_moves_the_counts_exactly(
     client, probe = await gw.client(), await gw.client()
     await gw.add_user(probe, LOGIN)
     before = await scrape(gw)
+    window_started = time.perf_counter()
 
     await client.ok("CreditInSync", CREDIT)
     refused = await client.request("CreditIn", {**CREDIT, "amount": -5.0})
@@ -136,6 +138,7 @@ async def test_traffic_moves_the_counts_exactly(
     held.commit_started.clear()
     timed_out = client.send("CreditInSync", CREDIT)
     await wait_until(probe, held.commit_started.is_set)
+    held_from = time.perf_counter()
     queued = client.send("BalanceIn", {"login": LOGIN, "amount": 10.0})
     await wait_until(probe, lambda: gw.gateway.runtime.queue_depth == 1)
     during = await scrape(gw)
@@ -143,8 +146,10 @@ async def test_traffic_moves_the_counts_exactly(
     assert sample(during, "gateway_main_loop_queued_operations") == 1
     frozen_clock.advance(1.0)  # the waiter's sync_timeout_ms passes
     assert (await asyncio.wait_for(timed_out, SCRAPE_TIMEOUT_S))["status"] == 504
+    held_for = time.perf_counter() - held_from
     held.release()
     assert (await asyncio.wait_for(queued, SCRAPE_TIMEOUT_S))["status"] == 200
+    window = time.perf_counter() - window_started
     after = await scrape(gw)
 
     moved = changed(requests_by_series(before), requests_by_series(after))
@@ -175,6 +180,10 @@ async def test_traffic_moves_the_counts_exactly(
     assert delta(before, after, f"{BATCH_OPERATIONS}_count", BATCH_OPERATIONS) == 3
     assert delta(before, after, f"{BATCH_OPERATIONS}_sum", BATCH_OPERATIONS) == 3
     assert delta(before, after, f"{BATCH_COMMIT}_count", BATCH_COMMIT) == 3
+    # Commit time in seconds, bounded by what this test saw: at least the time it held the one
+    # commit, at most the time from its first request to its last answer. No fixed threshold.
+    commit_s = delta(before, after, f"{BATCH_COMMIT}_sum", BATCH_COMMIT)
+    assert held_for <= commit_s <= window, (held_for, commit_s, window)
     assert sample(after, *counter("gateway_ledger_commit_failures")) == 0
     assert sample(after, *counter("gateway_slow_consumer_disconnects")) == 0
     assert sample(after, "gateway_connections_open") == 2
