@@ -146,6 +146,11 @@ async def test_apply_bug_answers_its_caller_500_and_the_batch_goes_on(
         ("BalanceInSync", "bug-sync", "error"),
     ]
     assert all(entry["exc_info"] is True for entry in failed)
+    # One line for the batch: five operations, two applied, its commit within its total time
+    # (tools/bench reads these lines).
+    [batch] = [entry for entry in logs if entry["event"] == "batch_committed"][-1:]
+    assert (batch["operations"], batch["applied"], batch["log_level"]) == (5, 2, "info")
+    assert 0 < batch["commit_ms"] <= batch["total_ms"], batch
     rejected = [entry for entry in logs if entry["event"] == "operation_rejected"]
     assert rejected == [
         {
