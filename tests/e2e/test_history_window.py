@@ -236,14 +236,18 @@ async def test_new_keys_cost_no_look_up_and_retries_one_per_batch(
     retries = [
         client.send("BalanceIn", {"login": LOGINS[i % 3], "amount": 1 + i, "comment": f"m{i}"},
                     ext_id=f"m{i}")
-        for i in range(7)  # the keys that left memory: m7 is among the newest four
+        for i in range(10)  # m0 to m6 left memory; m7 to m9 are among the newest four
     ]  # fmt: skip
     await wait_until(probe, lambda: h.gateway.runtime.queue_depth == len(retries))
     store.release()
     assert (await blocker)["status"] == 200
-    assert [(await future)["data"] for future in retries] == acks[:7]
+    assert [(await future)["data"] for future in retries] == acks
     lookups = counting(h).fetches[before:]
-    assert [len(lookup.keys) for lookup in lookups] == [1, 7]  # the blocker's, the retries'
+    # The blocker's key, then only the seven retries' keys that memory lacks.
+    assert [sorted(lookup.keys) for lookup in lookups] == [
+        [("1", "blocker")],
+        sorted(("1", f"m{i}") for i in range(7)),
+    ]
 
 
 async def test_sync_retry_after_504_is_answered_after_its_key_left_memory(
@@ -301,6 +305,29 @@ async def test_settlement_cancels_and_replays_find_their_rows_on_disk(
         assert (replay["code"], replay["data"]) == (answered["code"], answered["data"])
         assert await platform.wallet(7101) == f"{1000 - 6 * WINDOW:.2f}"
     assert verify_ledger(again.data_dir)[0] == []
+
+
+async def test_a_cancel_reverses_a_record_that_left_the_window_before_its_journal_row(
+    make_gateway: GatewayFactory, tmp_path: Any
+) -> None:
+    """The adjustment's journal row is still in memory but its record is not (TCP traffic rolled
+    the records): the cancel's look-up fetches the record the row names."""
+    h = await settlement_gateway(make_gateway, history_window=WINDOW)
+    client = await h.client()
+    await fund(client, h, 7101, credit=1000)
+    await h.add_user(client, 7102)
+    async with aiohttp.ClientSession() as session:
+        platform = Platform(base_url(h), session)
+        opened = adjustment(7101, "10.00")
+        order = (await platform.adjust(opened))["data"]["order"]
+        for i in range(2 * WINDOW):
+            await client.ok("BalanceIn", {"login": 7102, "amount": 1 + i})
+        state = h.gateway.runtime.state
+        assert state.record(order) is None and len(state.journal) == 1
+        cancel = await platform.cancel(cancellation(7101, opened["requestUniqueNo"], "10.00"))
+        assert (cancel["code"], cancel["data"]["order"]) == ("0", order)
+        assert await platform.wallet(7101) == "1000.00"
+    assert verify_ledger(h.data_dir)[0] == []
 
 
 async def test_a_restart_after_many_roll_overs_answers_old_retries(
