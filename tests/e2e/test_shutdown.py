@@ -12,6 +12,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+import structlog
+import structlog.testing
+
+from manager_gateway.runtime import mainloop
 from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
 from manager_gateway.runtime.verify import verify_ledger
 
@@ -88,7 +93,7 @@ async def test_draining_refuses_new_requests_and_connections(make_gateway: Gatew
 
 
 async def test_timed_out_shutdown_answers_the_held_batch_and_the_queue_503(
-    make_gateway: GatewayFactory,
+    make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A commit that never finishes and operations queued behind it (async and Sync, on two
     connections): once shutdown_timeout_s has passed, the held batch and every queued operation
@@ -110,8 +115,19 @@ async def test_timed_out_shutdown_answers_the_held_batch_and_the_queue_503(
     await wait_until(probe, lambda: gw.gateway.runtime.queue_depth == len(queued))
     assert not read.done()  # held behind the queued write on its connection
 
-    await asyncio.wait_for(gw.gateway.shutdown(), WAIT_S)
+    with structlog.testing.capture_logs() as logs:
+        # A fresh logger under the capture, whatever an earlier in-process CLI test configured.
+        monkeypatch.setattr(mainloop, "log", structlog.get_logger("manager_gateway.mainloop"))
+        await asyncio.wait_for(gw.gateway.shutdown(), WAIT_S)
     assert not gw.gateway.ledger_finished
+    assert [entry for entry in logs if entry["event"] == "ledger_abandoned"] == [
+        {
+            "event": "ledger_abandoned",
+            "timeout_s": SHORT_SHUTDOWN_S,
+            "queued": len(queued),
+            "log_level": "error",
+        }
+    ]
     for client in (writer, other):
         await asyncio.wait_for(client.closed.wait(), WAIT_S)
     assert held.done(), "the batch held in its commit was never answered"
