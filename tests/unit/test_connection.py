@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -11,8 +11,6 @@ from typing import Any
 import orjson
 import pytest
 
-from manager_gateway.config import load_settings
-from manager_gateway.runtime.storage import Storage
 from manager_gateway.server.app import Gateway
 from manager_gateway.server.connection import Connection
 from manager_gateway.session.access import SessionType
@@ -109,33 +107,6 @@ class Rig:
 
 
 RigFactory = Callable[..., Awaitable[Rig]]
-
-
-@pytest.fixture
-async def make_rig(tmp_path: Path) -> AsyncIterator[RigFactory]:
-    """Build a gateway (main loop started, no listener) with settings overrides."""
-    rigs: list[Rig] = []
-
-    async def build(*, storage: Storage | None = None, **overrides: Any) -> Rig:
-        data_dir = tmp_path / f"data{len(rigs)}"
-        settings = load_settings(
-            None, data_dir=data_dir, port=0, ledger_synchronous="FULL", **overrides
-        )
-        clock = FakeClock()
-        gateway = Gateway(settings, clock=clock, storage=storage)
-        await gateway.runtime.start()
-        rig = Rig(gateway, clock)
-        rigs.append(rig)
-        return rig
-
-    yield build
-    for rig in rigs:
-        for transport in rig.transports:
-            transport.close()
-        await turns()
-        if isinstance(rig.gateway.storage, GatedLedger):
-            rig.gateway.storage.release()
-        await rig.gateway.runtime.stop()
 
 
 @pytest.fixture

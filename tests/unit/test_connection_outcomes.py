@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +20,24 @@ import pytest
 import structlog
 
 from manager_gateway.commands.registry import COMMANDS
-from manager_gateway.config import load_settings
 from manager_gateway.protocol.errors import SyncTimeout
 from manager_gateway.runtime.sqlite_ledger import SQLiteLedger
-from manager_gateway.runtime.storage import Batch, Storage
+from manager_gateway.runtime.storage import Batch
 from manager_gateway.server import connection as connection_module
-from manager_gateway.server.app import Gateway
 from manager_gateway.server.connection import Connection
 from manager_gateway.server.metrics import STATUSES, CommandStats
 from manager_gateway.session.access import SessionType
 from manager_gateway.waiters import SessionGone
-from tests.fakes import FakeClock, GatedLedger
+from tests.fakes import GatedLedger
 
-from .test_connection import FakeTransport, Rig, request, stalled_connection, turns
+from .test_connection import (
+    FakeTransport,
+    Rig,
+    RigFactory,
+    request,
+    stalled_connection,
+    turns,
+)
 
 LOGIN = 1001
 PEER = "127.0.0.1:5555"  # FakeTransport's peername
@@ -46,37 +51,6 @@ USER = {
     "email": "t@example.com",
 }
 INTERNAL = {"status": 500, "error": "INTERNAL_ERROR", "message": "internal error"}
-
-RigFactory = Callable[..., Awaitable[Rig]]
-
-
-@pytest.fixture
-async def make_rig(tmp_path: Path) -> AsyncIterator[RigFactory]:
-    """Gateways on a fake clock, main loop started and no listener, as in test_connection.py."""
-    rigs: list[Rig] = []
-
-    async def build(*, storage: Storage | None = None, **overrides: Any) -> Rig:
-        settings = load_settings(
-            None, data_dir=tmp_path / f"data{len(rigs)}", port=0, ledger_synchronous="FULL",
-            **overrides,
-        )  # fmt: skip
-        gateway = Gateway(settings, clock=FakeClock(), storage=storage)
-        await gateway.runtime.start()
-        rig = Rig(gateway, gateway.clock)  # type: ignore[arg-type]
-        rigs.append(rig)
-        return rig
-
-    yield build
-    for rig in rigs:
-        for transport in rig.transports:
-            transport.close()
-        await turns()
-        storage = rig.gateway.storage
-        if isinstance(storage, GatedLedger):
-            storage.release()
-        if isinstance(storage, SteppedLedger):
-            storage.finish()
-        await rig.gateway.runtime.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -719,7 +693,8 @@ class SteppedLedger(SQLiteLedger):
     def allow(self) -> None:
         self._permits.release()
 
-    def finish(self) -> None:
+    def release(self) -> None:
+        """Let every commit through from now on (the rig's teardown calls it)."""
         self.stepping = False
         self._permits.release(1000)
 
