@@ -83,9 +83,9 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_history_window.py",
         "tests/e2e/test_key_expiry.py",
         "tests/e2e/test_commands.py",
-        # Settlement operations are decided by their own rules and bypass the key bookkeeping:
-        # these two cover their failed commit and their events (the whole file takes minutes).
         "tests/e2e/test_settlement_retention.py",
+        # Single tests where a whole file would take minutes per mutant: the batch metrics, and
+        # settlement operations, which bypass the key bookkeeping (their failed commit, events).
         "tests/e2e/test_metrics.py::test_traffic_moves_the_counts_exactly",
         "tests/e2e/test_metrics.py::test_failed_commit_is_counted",
         "tests/e2e/test_settlement.py::test_a_failed_commit_moves_nothing",

@@ -65,10 +65,10 @@ class State:
         # Settlement requests by (company, space, number), oldest first (rows are updated in
         # place when cancelled, which keeps their position).
         self.journal: dict[JournalKey, JournalRow] = {row.key: row for row in snapshot.journal}
-        # The newest `created_at` of a key (journal row) the ledger holds and memory does not.
         # Journal rows read back for the batch being applied: dropped again after it, since
         # pruning walks the window from its oldest end and would never reach them there.
         self._fetched_journal: list[JournalKey] = []
+        # The newest `created_at` of a key (journal row) the ledger holds and memory does not.
         self.keys_beyond_until = snapshot.keys_beyond_until
         self.journal_beyond_until = snapshot.journal_beyond_until
         self.next_order = snapshot.next_order
