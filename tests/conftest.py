@@ -8,12 +8,15 @@ import errno
 import itertools
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import orjson
 import pytest
+import structlog
+import structlog.testing
 
 from manager_gateway.config import Settings, load_settings
 from manager_gateway.runtime.storage import Storage
@@ -277,3 +280,14 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
 async def gw(make_gateway: GatewayFactory) -> Harness:
     """A gateway with default settings."""
     return await make_gateway()
+
+
+@contextlib.contextmanager
+def captured_log(
+    monkeypatch: pytest.MonkeyPatch, module: ModuleType
+) -> Iterator[list[dict[str, Any]]]:
+    """The entries `module.log` logs inside the block. The module gets a fresh logger under the
+    capture, whatever an earlier in-process CLI test configured."""
+    with structlog.testing.capture_logs() as logs:
+        monkeypatch.setattr(module, "log", structlog.get_logger(module.__name__))
+        yield logs

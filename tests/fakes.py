@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from manager_gateway.runtime.sqlite_ledger import SQLiteLedger
-from manager_gateway.runtime.storage import Batch
+from manager_gateway.runtime.storage import Batch, Found, Lookup
 
 
 @dataclass(order=True)
@@ -58,13 +58,20 @@ class FakeClock:
 
 class GatedLedger(SQLiteLedger):
     """The real SQLite ledger, but `hold()` makes commits wait until `release()`: a stalled main
-    loop, with the operation still reaching the disk once released."""
+    loop, with the operation still reaching the disk once released. `hold_fetches()` makes the
+    look-ups wait until `close()`: a disk that stops answering reads."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._open = threading.Event()
         self._open.set()
+        self._reads_open = threading.Event()
+        self._reads_open.set()
+        # The connection, to one call or `close()` at a time: closing it under a running
+        # statement (a held call let through by `close()`) crashes SQLite.
+        self._in_use = threading.Lock()
         self.commit_started = threading.Event()
+        self.fetch_started = threading.Event()
         self.fail_next: Exception | None = None
 
     def hold(self) -> None:
@@ -73,17 +80,29 @@ class GatedLedger(SQLiteLedger):
     def release(self) -> None:
         self._open.set()
 
+    def hold_fetches(self) -> None:
+        self._reads_open.clear()
+
     def commit(self, batch: Batch) -> None:
         self.commit_started.set()
         self._open.wait()
-        if self.fail_next is not None:
-            error, self.fail_next = self.fail_next, None
-            raise error
-        super().commit(batch)
+        with self._in_use:
+            if self.fail_next is not None:
+                error, self.fail_next = self.fail_next, None
+                raise error
+            super().commit(batch)
+
+    def fetch(self, lookup: Lookup) -> Found:
+        self.fetch_started.set()
+        self._reads_open.wait()
+        with self._in_use:
+            return super().fetch(lookup)
 
     def close(self) -> None:
         self._open.set()
-        super().close()
+        self._reads_open.set()
+        with self._in_use:
+            super().close()
 
 
 class FillableLedger(SQLiteLedger):

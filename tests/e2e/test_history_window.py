@@ -8,19 +8,16 @@ through, so the rows it asks about left memory long ago.
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 import aiohttp
 import pytest
-import structlog
-import structlog.testing
 
 from manager_gateway.runtime import mainloop
 from manager_gateway.runtime.storage import Found, Lookup, StorageError
 from manager_gateway.runtime.verify import verify_ledger
 
-from ..conftest import Client, GatewayFactory, Harness, ledger, wait_until
+from ..conftest import Client, GatewayFactory, Harness, captured_log, ledger, wait_until
 from ..fakes import FakeClock, GatedLedger
 from ..platform import Platform, adjustment, base_url, cancellation, fund, settlement_gateway
 
@@ -35,22 +32,9 @@ class CountingLedger(GatedLedger):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.fetches: list[Lookup] = []
-        self.fetch_started = threading.Event()
-        self._fetch_open = threading.Event()
-        self._fetch_open.set()
-
-    def hold_fetches(self) -> None:
-        """Look-ups wait until `close` (a disk that stops answering reads)."""
-        self._fetch_open.clear()
-
-    def close(self) -> None:
-        self._fetch_open.set()
-        super().close()
 
     def fetch(self, lookup: Lookup) -> Found:
         self.fetches.append(lookup)
-        self.fetch_started.set()
-        self._fetch_open.wait()
         if self.fail_next is not None:  # as a read error of the disk would
             error, self.fail_next = self.fail_next, None
             raise error
@@ -358,9 +342,7 @@ async def test_a_failed_look_up_refuses_its_batch_and_applies_nothing(
     before = await client.ok("GetAccountByLogin", {"login": 7001})
     counting(h).fail_next = StorageError("ledger read failed: disk I/O error")
     retry = {"login": 7001, "amount": 1, "comment": "f0"}
-    with structlog.testing.capture_logs() as logs:
-        # A fresh logger under the capture, whatever an earlier in-process CLI test configured.
-        monkeypatch.setattr(mainloop, "log", structlog.get_logger("manager_gateway.mainloop"))
+    with captured_log(monkeypatch, mainloop) as logs:
         refused = await client.request("BalanceIn", retry, ext_id="f0")
     assert [entry for entry in logs if entry["event"] == "ledger_read_failed"] == [
         {

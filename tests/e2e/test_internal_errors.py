@@ -15,15 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import structlog
-import structlog.testing
 
 from manager_gateway.commands.registry import COMMANDS, CommandSpec
 from manager_gateway.runtime import mainloop
 from manager_gateway.runtime.verify import verify_ledger
 from manager_gateway.server.metrics import STATUSES
 
-from ..conftest import DEMO_USER, GatewayFactory, Harness, ledger, wait_until
+from ..conftest import DEMO_USER, GatewayFactory, Harness, captured_log, ledger, wait_until
 
 LOGIN = 1001
 WAIT_S = 60  # a bound, not a pause: under mutmut on a loaded machine the answers took over 10 s
@@ -132,9 +130,7 @@ async def test_apply_bug_answers_its_caller_500_and_the_batch_goes_on(
     }
     pending = {ext_id: client.send(*request, ext_id=ext_id) for ext_id, request in requests.items()}
     await wait_until(probe, lambda: gw.gateway.runtime.queue_depth == len(requests))
-    with structlog.testing.capture_logs() as logs:
-        # A fresh logger under the capture, whatever an earlier in-process CLI test configured.
-        monkeypatch.setattr(mainloop, "log", structlog.get_logger("manager_gateway.mainloop"))
+    with captured_log(monkeypatch, mainloop) as logs:
         released = time.perf_counter()
         store.release()
         assert (await asyncio.wait_for(blocker, WAIT_S))["status"] == 200
@@ -199,9 +195,7 @@ async def test_a_failed_announcement_is_logged_and_the_writer_goes_on(
         raise PlantedBug("announce")
 
     monkeypatch.setattr(hub, "trade_event", broken_trade_event)
-    with structlog.testing.capture_logs() as logs:
-        # A fresh logger under the capture, whatever an earlier in-process CLI test configured.
-        monkeypatch.setattr(mainloop, "log", structlog.get_logger("manager_gateway.mainloop"))
+    with captured_log(monkeypatch, mainloop) as logs:
         unheard = await client.ok("BalanceIn", {"login": 1001, "amount": 5.0}, ext_id="unheard")
     monkeypatch.setattr(hub, "trade_event", real_trade_event)
     failed = [entry for entry in logs if entry["event"] == "announce_failed"]

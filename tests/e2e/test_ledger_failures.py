@@ -16,8 +16,6 @@ from typing import Any
 
 import orjson
 import pytest
-import structlog
-import structlog.testing
 
 from manager_gateway.runtime import mainloop
 from manager_gateway.runtime.records import FinanceRecord
@@ -25,7 +23,7 @@ from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
 from manager_gateway.runtime.storage import Batch, StorageError
 from manager_gateway.runtime.verify import verify_ledger
 
-from ..conftest import Client, GatewayFactory, ledger
+from ..conftest import Client, GatewayFactory, captured_log, ledger
 from ..fakes import TornLedger
 
 LOGIN = 1001
@@ -148,9 +146,7 @@ async def test_failed_commit_answers_the_retry_waiting_on_it(
     assert not first.done()
 
     store.fail_next = StorageError("injected: the commit fails")
-    with structlog.testing.capture_logs() as logs:
-        # A fresh logger under the capture, whatever an earlier in-process CLI test configured.
-        monkeypatch.setattr(mainloop, "log", structlog.get_logger("manager_gateway.mainloop"))
+    with captured_log(monkeypatch, mainloop) as logs:
         store.release()
         assert_nothing_applied(await asyncio.wait_for(first, WAIT_S), "dup")
     # The operator's log says why, and how many operations were applied in the lost batch.

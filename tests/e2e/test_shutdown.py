@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
-import structlog.testing
 
 from manager_gateway.runtime import mainloop
 from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
 from manager_gateway.runtime.verify import verify_ledger
 
-from ..conftest import GatewayFactory, Harness, ledger, wait_until
+from ..conftest import GatewayFactory, Harness, captured_log, ledger, wait_until
 
 WAIT_S = 10  # bound on waiting for the ledger thread to reach the held commit
 SHORT_SHUTDOWN_S = 0.2  # the drain's bound when a test lets it expire
@@ -115,9 +113,7 @@ async def test_timed_out_shutdown_answers_the_held_batch_and_the_queue_503(
     await wait_until(probe, lambda: gw.gateway.runtime.queue_depth == len(queued))
     assert not read.done()  # held behind the queued write on its connection
 
-    with structlog.testing.capture_logs() as logs:
-        # A fresh logger under the capture, whatever an earlier in-process CLI test configured.
-        monkeypatch.setattr(mainloop, "log", structlog.get_logger("manager_gateway.mainloop"))
+    with captured_log(monkeypatch, mainloop) as logs:
         await asyncio.wait_for(gw.gateway.shutdown(), WAIT_S)
     assert not gw.gateway.ledger_finished
     assert [entry for entry in logs if entry["event"] == "ledger_abandoned"] == [
