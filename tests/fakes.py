@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from manager_gateway.runtime.sqlite_ledger import SQLiteLedger
+from manager_gateway.ledger.sqlite import SQLiteLedger
 from manager_gateway.runtime.storage import Batch, Found, Lookup
 
 

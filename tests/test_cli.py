@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
-from manager_gateway.runtime.verify import verify_ledger
+from manager_gateway.ledger.sqlite import LEDGER_FILE
+from manager_gateway.ledger.verify import verify_ledger
 from manager_gateway.session.access import SessionType
 from manager_gateway.session.tokens import SECRET_FILE, TokenService
 

@@ -111,7 +111,7 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_ledger_verify.py",
         "tests/e2e/test_idempotency.py",
     ),
-    f"{PKG}/runtime/sqlite_ledger.py": (
+    f"{PKG}/ledger/sqlite.py": (
         "tests/e2e/test_ledger_failures.py",
         "tests/e2e/test_ledger_verify.py",
         "tests/e2e/test_ledger_lock.py",
@@ -141,7 +141,7 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/unit/test_connection.py",
         "tests/e2e/test_ledger_failures.py",
     ),
-    f"{PKG}/runtime/verify.py": (
+    f"{PKG}/ledger/verify.py": (
         "tests/e2e/test_ledger_verify.py",
         "tests/e2e/test_settlement_ledger.py",
         "tests/e2e/test_restart_state.py",

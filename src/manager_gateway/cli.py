@@ -15,8 +15,8 @@ from pathlib import Path
 import structlog
 
 from .config import Settings, load_settings
+from .ledger.verify import verify_ledger
 from .logging import configure_logging
-from .runtime.verify import verify_ledger
 from .server.app import Gateway, signing_secret
 from .session.access import SessionType
 from .session.tokens import TokenService

@@ -20,7 +20,7 @@ from gateway_bench.settlement_phase import (
     run_settlement_fault,
     settlement_url,
 )
-from manager_gateway.runtime.verify import verify_ledger
+from manager_gateway.ledger.verify import verify_ledger
 
 from ..conftest import GatewayFactory, Harness, unused_port
 from ..platform import base_url, settlement_gateway

@@ -6,7 +6,7 @@ import asyncio
 from decimal import Decimal
 from typing import Any
 
-from manager_gateway.runtime.verify import verify_ledger
+from manager_gateway.ledger.verify import verify_ledger
 
 from ..conftest import POLL_ROUNDS, Client, GatewayFactory, Harness, wait_until
 from ..fakes import GatedLedger

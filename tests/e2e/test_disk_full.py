@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from manager_gateway.runtime.verify import verify_ledger
+from manager_gateway.ledger.verify import verify_ledger
 
 from ..conftest import DEMO_USER, Client, GatewayFactory
 from ..fakes import FillableLedger

@@ -23,8 +23,8 @@ from typing import Any, BinaryIO
 
 import pytest
 
+from manager_gateway.ledger.sqlite import LEDGER_FILE
 from manager_gateway.runtime.records import Cmd
-from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
 
 from ..conftest import DEMO_USER, POLL_ROUNDS, Client
 

@@ -29,7 +29,7 @@ import structlog
 
 from manager_gateway.commands import accounts
 from manager_gateway.config import load_settings
-from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
+from manager_gateway.ledger.sqlite import LEDGER_FILE
 from manager_gateway.server import app as app_module
 from manager_gateway.server import connection as connection_module
 from manager_gateway.server.app import Gateway

@@ -13,9 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from manager_gateway.ledger.verify import verify_ledger
 from manager_gateway.runtime import mainloop
 from manager_gateway.runtime.storage import Found, Lookup, StorageError
-from manager_gateway.runtime.verify import verify_ledger
 
 from ..conftest import Client, GatewayFactory, Harness, captured_log, ledger, wait_until
 from ..fakes import FakeClock, GatedLedger

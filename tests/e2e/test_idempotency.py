@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from manager_gateway.runtime.verify import verify_ledger
+from manager_gateway.ledger.verify import verify_ledger
 from manager_gateway.session.access import SessionType
 
 from ..conftest import DEMO_USER, Client, GatewayFactory, Harness, ledger, wait_until

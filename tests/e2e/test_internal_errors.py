@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from manager_gateway.commands.registry import COMMANDS, CommandSpec
+from manager_gateway.ledger.verify import verify_ledger
 from manager_gateway.runtime import mainloop
-from manager_gateway.runtime.verify import verify_ledger
 from manager_gateway.server.metrics import STATUSES
 
 from ..conftest import DEMO_USER, GatewayFactory, Harness, captured_log, ledger, wait_until

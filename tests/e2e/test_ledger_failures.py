@@ -17,11 +17,11 @@ from typing import Any
 import orjson
 import pytest
 
+from manager_gateway.ledger.sqlite import LEDGER_FILE
+from manager_gateway.ledger.verify import verify_ledger
 from manager_gateway.runtime import mainloop
 from manager_gateway.runtime.records import FinanceRecord
-from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
 from manager_gateway.runtime.storage import Batch, StorageError
-from manager_gateway.runtime.verify import verify_ledger
 
 from ..conftest import Client, GatewayFactory, captured_log, ledger
 from ..fakes import TornLedger

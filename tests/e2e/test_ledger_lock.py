@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
+from manager_gateway.ledger.sqlite import LEDGER_FILE
 
 from ..conftest import GatewayFactory, money
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
-from manager_gateway.runtime.verify import verify_ledger
+from manager_gateway.ledger.sqlite import LEDGER_FILE
+from manager_gateway.ledger.verify import verify_ledger
 
 from ..conftest import GatewayFactory
 from ..test_cli import cli, make_ledger

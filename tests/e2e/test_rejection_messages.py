@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager_gateway.runtime.verify import verify_ledger
+from manager_gateway.ledger.verify import verify_ledger
 
 from ..conftest import DEMO_USER, GatewayFactory, Harness
 from ..fakes import FakeClock

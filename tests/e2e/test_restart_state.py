@@ -9,8 +9,8 @@ from typing import Any
 
 import aiohttp
 
-from manager_gateway.runtime.sqlite_ledger import JOURNAL_COLUMNS, LEDGER_FILE
-from manager_gateway.runtime.verify import verify_ledger
+from manager_gateway.ledger.sqlite import JOURNAL_COLUMNS, LEDGER_FILE
+from manager_gateway.ledger.verify import verify_ledger
 
 from ..conftest import DEMO_USER, GatewayFactory
 from ..platform import Platform, adjustment, base_url, cancellation, fund, settlement_gateway

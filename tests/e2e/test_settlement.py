@@ -18,7 +18,7 @@ from gateway_bench.settlement.kit import run_kit
 from gateway_bench.settlement.kitreport import KitOptions
 from gateway_bench.settlement.simspec import SimulationSpec
 from gateway_bench.settlement.simulator import run_simulation
-from manager_gateway.runtime.verify import verify_ledger
+from manager_gateway.ledger.verify import verify_ledger
 from manager_gateway.settlement.http import ADJUST, AMOUNT, CANCEL, TRANSFER
 
 from ..conftest import Client, GatewayFactory, Harness, ledger, wait_until

@@ -30,8 +30,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from manager_gateway.ledger.sqlite import JOURNAL_COLUMNS, LEDGER_FILE, journal_row
 from manager_gateway.runtime.journal import REQUESTS, JournalRow
-from manager_gateway.runtime.sqlite_ledger import JOURNAL_COLUMNS, LEDGER_FILE, journal_row
 from manager_gateway.settlement.http import ADJUST, CANCEL
 
 from ..conftest import DEMO_USER, Client, unused_port

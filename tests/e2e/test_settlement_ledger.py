@@ -21,8 +21,8 @@ import aiohttp
 import orjson
 import pytest
 
-from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
-from manager_gateway.runtime.verify import verify_ledger
+from manager_gateway.ledger.sqlite import LEDGER_FILE
+from manager_gateway.ledger.verify import verify_ledger
 from manager_gateway.settlement.report import FIELDS
 
 from ..conftest import GatewayFactory

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
+from manager_gateway.ledger.sqlite import LEDGER_FILE
 from manager_gateway.settlement.report import FIELDS, journal_rows, parse_time, write_report
 
 from ..conftest import GatewayFactory

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import aiohttp
 
-from manager_gateway.runtime.verify import verify_ledger
+from manager_gateway.ledger.verify import verify_ledger
 
 from ..conftest import GatewayFactory
 from ..fakes import FakeClock

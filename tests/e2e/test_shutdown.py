@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from manager_gateway.ledger.sqlite import LEDGER_FILE
+from manager_gateway.ledger.verify import verify_ledger
 from manager_gateway.runtime import mainloop
-from manager_gateway.runtime.sqlite_ledger import LEDGER_FILE
-from manager_gateway.runtime.verify import verify_ledger
 
 from ..conftest import GatewayFactory, Harness, captured_log, ledger, wait_until
 

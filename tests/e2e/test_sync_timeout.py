@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from manager_gateway.runtime.verify import verify_ledger
+from manager_gateway.ledger.verify import verify_ledger
 
 from ..conftest import DEMO_USER, Client, GatewayFactory, ledger, wait_until
 from ..fakes import FakeClock

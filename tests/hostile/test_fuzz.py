@@ -26,7 +26,7 @@ import orjson
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from manager_gateway.runtime.verify import verify_ledger
+from manager_gateway.ledger.verify import verify_ledger
 from manager_gateway.session.access import SessionType
 
 from ..conftest import DEMO_USER, Client, GatewayFactory, Harness, wait_until

@@ -32,7 +32,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from manager_gateway.runtime.verify import verify_ledger
+from manager_gateway.ledger.verify import verify_ledger
 from manager_gateway.settlement.codes import Code
 from manager_gateway.settlement.http import ADJUST, AMOUNT, CANCEL, MAX_BODY_BYTES, TRANSFER
 

@@ -20,8 +20,8 @@ import pytest
 import structlog
 
 from manager_gateway.commands.registry import COMMANDS
+from manager_gateway.ledger.sqlite import SQLiteLedger
 from manager_gateway.protocol.errors import SyncTimeout
-from manager_gateway.runtime.sqlite_ledger import SQLiteLedger
 from manager_gateway.runtime.storage import Batch
 from manager_gateway.server import connection as connection_module
 from manager_gateway.server.connection import Connection

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from manager_gateway.runtime.sqlite_ledger import (
+from manager_gateway.ledger.sqlite import (
     SQLiteLedger,
     journal_by_pk_sql,
     keys_by_pk_sql,

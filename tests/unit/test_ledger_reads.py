@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from manager_gateway.runtime.sqlite_ledger import (
+from manager_gateway.ledger.sqlite import (
     LEDGER_FILE,
     SCHEMA_VERSION,
     SQLiteLedger,

@@ -1,1 +1,1 @@
-"""The runtime: the single-writer main loop, account state and the durable ledger."""
+"""The runtime: the single-writer main loop, account state and the storage seam it uses."""

@@ -1,7 +1,7 @@
 """The ledger seam: what the main loop needs from durable storage, whatever engine is behind it.
 
 The main loop hands over one `Batch` per group commit; `commit` returns only once the batch is
-durable, all of it or none of it. SQLite is the embedded default (`sqlite_ledger`); a PostgreSQL
+durable, all of it or none of it. SQLite is the embedded default (`ledger/sqlite.py`); a PostgreSQL
 implementation only has to satisfy `Storage`.
 
 History stays in the ledger: the main loop holds the accounts and a window of recent records, keys

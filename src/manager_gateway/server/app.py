@@ -18,9 +18,9 @@ from aiohttp import web
 from ..clock import Clock, LoopClock
 from ..commands.context import Services
 from ..config import Settings
+from ..ledger.sqlite import SQLiteLedger
 from ..protocol.errors import ShuttingDown
 from ..runtime.mainloop import MainLoop
-from ..runtime.sqlite_ledger import SQLiteLedger
 from ..runtime.storage import Storage
 from ..session.access import Access, SessionType
 from ..session.tokens import TokenService, load_or_create_secret

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from ..runtime.sqlite_ledger import JOURNAL_COLUMNS, LEDGER_FILE, journal_row
+from ..ledger.sqlite import JOURNAL_COLUMNS, LEDGER_FILE, journal_row
 
 FIELDS = (
     "time",

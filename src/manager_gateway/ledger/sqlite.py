@@ -21,9 +21,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .journal import JournalRow
-from .records import Account, FinanceRecord
-from .storage import (
+from ..runtime.journal import JournalRow
+from ..runtime.records import Account, FinanceRecord
+from ..runtime.storage import (
     Batch,
     Found,
     IdempotencyKey,

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import orjson
 
-from .records import TradeState, is_credit
-from .sqlite_ledger import LEDGER_FILE
+from ..runtime.records import TradeState, is_credit
+from .sqlite import LEDGER_FILE
 
 
 def verify_ledger(data_dir: Path) -> tuple[list[str], str]:
