@@ -23,7 +23,7 @@ from manager_gateway.runtime.storage import Storage
 from manager_gateway.server.app import Gateway
 from manager_gateway.session.access import SessionType
 
-from .fakes import FakeClock, GatedLedger
+from .fakes import FakeClock, GatedLedger, storage_of, threaded
 
 DEMO_USER = {
     "group": "demo",
@@ -203,7 +203,7 @@ async def wait_until(probe: Client, condition: Callable[[], bool]) -> None:
 
 
 def ledger(gw: Harness) -> GatedLedger:
-    storage = gw.gateway.storage
+    storage = storage_of(gw.gateway.ledger)
     assert isinstance(storage, GatedLedger)
     return storage
 
@@ -262,7 +262,7 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         )
         if gated:
             storage = GatedLedger(data_dir, config.ledger_synchronous)
-        gateway = Gateway(config, clock=clock, storage=storage)
+        gateway = Gateway(config, clock=clock, ledger=threaded(storage))
         await gateway.start()
         harness = Harness(gateway, data_dir)
         harnesses.append(harness)
@@ -270,8 +270,9 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
 
     yield start
     for harness in harnesses:
-        if isinstance(harness.gateway.storage, GatedLedger):
-            harness.gateway.storage.release()
+        storage = storage_of(harness.gateway.ledger)
+        if isinstance(storage, GatedLedger):
+            storage.release()
         await harness.close_clients()
         await harness.gateway.shutdown()
 

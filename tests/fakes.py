@@ -9,7 +9,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from manager_gateway.ledger.sqlite import SQLiteLedger
-from manager_gateway.runtime.storage import Batch, Found, Lookup
+from manager_gateway.ledger.threaded import ThreadedLedger
+from manager_gateway.runtime.storage import Batch, Found, Ledger, Lookup, Storage
+
+
+def storage_of(ledger: Ledger) -> Storage:
+    """The engine under a gateway's ledger seam (tests put their doubles there)."""
+    assert isinstance(ledger, ThreadedLedger)
+    return ledger.storage
+
+
+def threaded(storage: Storage | None) -> Ledger | None:
+    """A test's engine behind the seam, as the gateway runs SQLite; None keeps the default."""
+    return None if storage is None else ThreadedLedger(storage)
 
 
 @dataclass(order=True)

@@ -9,7 +9,7 @@ from typing import Any
 from manager_gateway.ledger.verify import verify_ledger
 
 from ..conftest import POLL_ROUNDS, Client, GatewayFactory, Harness, wait_until
-from ..fakes import GatedLedger
+from ..fakes import GatedLedger, storage_of
 
 CONNECTIONS = 20
 PER_CONNECTION = 10
@@ -87,7 +87,7 @@ async def test_closed_session_pending_sync_operations_still_complete(
     leaving = await quiet_client(gw)
     waiters = gw.gateway.waiters
 
-    storage = gw.gateway.storage
+    storage = storage_of(gw.gateway.ledger)
     assert isinstance(storage, GatedLedger)
     storage.hold()
     amounts = [10.5, 20.25, 30.0, 40.75, 50.0]

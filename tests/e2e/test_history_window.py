@@ -18,7 +18,7 @@ from manager_gateway.runtime import mainloop
 from manager_gateway.runtime.storage import Found, Lookup, StorageError
 
 from ..conftest import Client, GatewayFactory, Harness, captured_log, ledger, wait_until
-from ..fakes import FakeClock, GatedLedger
+from ..fakes import FakeClock, GatedLedger, storage_of
 from ..platform import Platform, adjustment, base_url, cancellation, fund, settlement_gateway
 
 WINDOW = 4
@@ -59,7 +59,7 @@ async def started(
 
 
 def counting(h: Harness) -> CountingLedger:
-    storage = h.gateway.storage
+    storage = storage_of(h.gateway.ledger)
     assert isinstance(storage, CountingLedger)
     return storage
 

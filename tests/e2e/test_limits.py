@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from ..conftest import Client, GatewayFactory, Harness
-from ..fakes import GatedLedger
+from ..fakes import GatedLedger, storage_of
 
 
 def health_frame(ext_id: str, size: int | None = None) -> bytes:
@@ -115,7 +115,7 @@ async def test_max_inflight_answers_429_at_once(make_gateway: GatewayFactory) ->
     writes too: it would be held, so it counts), HealthCheck and other connections still answer,
     and the pending ones then finish."""
     h = await make_gateway(max_inflight=4, sync_timeout_ms=30_000, gated=True)
-    storage = h.gateway.storage
+    storage = storage_of(h.gateway.ledger)
     assert isinstance(storage, GatedLedger)
     client = await h.client()
     other = await h.client()

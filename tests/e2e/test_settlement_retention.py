@@ -38,10 +38,10 @@ async def test_a_journal_row_is_forgotten_at_its_retention_to_the_second(
         assert other["code"] == "0"
         replay = await platform.adjust(old, **now())
         assert replay["data"] == first["data"]  # still remembered: a replay
-        assert h.gateway.runtime.reader.journal_rows() == 2
+        assert await h.gateway.runtime.journal_rows() == 2
         frozen_clock.advance(1)  # exactly the retention since `old`
         assert (await platform.adjust(adjustment(8001, "1.00"), **now()))["code"] == "0"
-        assert h.gateway.runtime.reader.journal_rows() == 2  # `old` pruned, the new one added
+        assert await h.gateway.runtime.journal_rows() == 2  # `old` pruned, the new one added
         assert all(key[2] != old["requestUniqueNo"] for key in h.gateway.runtime.state.journal)
         again = await platform.adjust(old, **now())
         assert again["code"] == "0"

@@ -13,7 +13,7 @@ from manager_gateway.config import load_settings
 from manager_gateway.runtime.storage import Storage
 from manager_gateway.server.app import Gateway
 from manager_gateway.session.tokens import TokenService
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, storage_of, threaded
 
 from .test_connection import Rig, RigFactory, turns
 
@@ -37,7 +37,7 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[RigFactory]:
             None, data_dir=data_dir, port=0, ledger_synchronous="FULL", **overrides
         )
         clock = FakeClock()
-        gateway = Gateway(settings, clock=clock, storage=storage)
+        gateway = Gateway(settings, clock=clock, ledger=threaded(storage))
         await gateway.runtime.start()
         rig = Rig(gateway, clock)
         rigs.append(rig)
@@ -50,7 +50,7 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[RigFactory]:
         await turns()
         # A test ledger that holds commits (GatedLedger, test_connection_outcomes.py's
         # SteppedLedger) lets them all through, or stop() would wait for them.
-        release = getattr(rig.gateway.storage, "release", None)
+        release = getattr(storage_of(rig.gateway.ledger), "release", None)
         if release is not None:
             release()
         await rig.gateway.runtime.stop()

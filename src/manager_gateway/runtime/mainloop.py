@@ -2,7 +2,7 @@
 
 One task owns all account state. Each turn it drains what is queued (up to `max_batch`), applies
 each operation to a `Transaction` overlay (a rejection goes straight back to its caller), writes the
-batch to the ledger in one durable transaction on the ledger thread, and only then publishes the new
+batch to the ledger in one durable transaction, and only then publishes the new
 state, answers the callers and emits `trade:event` / `balance:event` in operation order.
 
 Idempotency (docs/protocol.md section 7) is decided here too, because only the single writer can
@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import orjson
@@ -32,10 +31,7 @@ from ..waiters import WaiterRegistry
 from .operations import Effect, Operation, OpKind, apply_add_user, apply_delete, apply_finance
 from .records import Account, FinanceRecord
 from .state import KeyEntry, State, Transaction
-from .storage import HistoryReader, IdempotencyKey, Lookup, RecordFilter, Storage
-
-#: Threads serving client reads of history from the ledger (SQLite WAL readers run in parallel).
-READ_THREADS = 2
+from .storage import IdempotencyKey, Ledger, Lookup, RecordFilter
 
 log = structlog.get_logger("manager_gateway.mainloop")
 
@@ -59,7 +55,7 @@ class BatchObserver(Protocol):
 class MainLoop:
     def __init__(
         self,
-        storage: Storage,
+        ledger: Ledger,
         waiters: WaiterRegistry,
         sink: EventSink,
         clock: Clock,
@@ -71,7 +67,7 @@ class MainLoop:
         window: int = 50_000,
     ) -> None:
         self._observer = observer
-        self._storage = storage
+        self._ledger = ledger
         self._waiters = waiters
         self._sink = sink
         self._clock = clock
@@ -85,12 +81,6 @@ class MainLoop:
         # put/get machinery cost ~1 us per operation).
         self._queue: list[Operation] = []
         self._wake: asyncio.Future[None] | None = None
-        # One thread, so SQLite is only ever used from one thread and commits stay ordered.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
-        self._readers = ThreadPoolExecutor(
-            max_workers=READ_THREADS, thread_name_prefix="ledger-read"
-        )
-        self.reader: HistoryReader
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.state: State
@@ -98,10 +88,8 @@ class MainLoop:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        snapshot = await loop.run_in_executor(self._executor, self._storage.load, self._window)
+        snapshot = await self._ledger.load(self._window)
         self.state = State(snapshot, self._window)
-        self.reader = self._storage.reader()
         self._task = asyncio.create_task(self._run(), name="main-loop")
         log.info(
             "main_loop_started",
@@ -127,7 +115,7 @@ class MainLoop:
         self._wake_up()
         done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
         if not done:
-            self._task.cancel()  # _process answers its batch; the ledger thread stays stuck
+            self._task.cancel()  # _process answers its batch; the ledger call stays stuck
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
@@ -136,14 +124,10 @@ class MainLoop:
             _tell_decided(self._queue)
             log.error("ledger_abandoned", timeout_s=timeout_s, queued=len(self._queue))
             self._queue.clear()
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._readers.shutdown(wait=False, cancel_futures=True)
+            self._ledger.abandon()
             return False
         self._task = None
-        self._readers.shutdown(wait=True)
-        self.reader.close()
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._storage.close)
-        self._executor.shutdown(wait=True)
+        await self._ledger.close()
         return True
 
     def submit(self, op: Operation) -> None:
@@ -192,9 +176,7 @@ class MainLoop:
         lookup = self._lookup(ops, now)
         if lookup is not None:
             try:
-                found = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._storage.fetch, lookup
-                )
+                found = await self._ledger.fetch(lookup)
             except asyncio.CancelledError:  # stop() gave up on a ledger that does not answer
                 for op in ops:
                     self._reject(op, ShuttingDown())
@@ -233,9 +215,7 @@ class MainLoop:
         self._expire_keys(tx, now)
         commit_started = time.perf_counter()
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._storage.commit, tx.batch
-            )
+            await self._ledger.commit(tx.batch)
         except asyncio.CancelledError:  # stop() gave up on a ledger that does not finish
             self._abandon(applied, ShuttingDown())
             raise
@@ -397,13 +377,15 @@ class MainLoop:
         record = self.state.record(order)
         if record is not None or order >= self.state.next_order:
             return record
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self.reader.record, order)
+        return await self._ledger.record(order)
 
     async def find_records(self, wanted: RecordFilter) -> tuple[list[FinanceRecord], int]:
         """A page of current records, newest first, and the count of all that match."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self.reader.find_records, wanted)
+        return await self._ledger.find_records(wanted)
+
+    async def journal_rows(self) -> int:
+        """Rows in the settlement journal (a gauge)."""
+        return await self._ledger.journal_rows()
 
 
 def _tell_decided(ops: list[Operation]) -> None:

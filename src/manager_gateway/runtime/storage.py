@@ -1,12 +1,13 @@
 """The ledger seam: what the main loop needs from durable storage, whatever engine is behind it.
 
 The main loop hands over one `Batch` per group commit; `commit` returns only once the batch is
-durable, all of it or none of it. SQLite is the embedded default (`ledger/sqlite.py`); a PostgreSQL
-implementation only has to satisfy `Storage`.
+durable, all of it or none of it. `Ledger` is the seam itself, called on the event loop. The
+engines live in `ledger/`: SQLite, whose calls block, is written as a `Storage` and run on threads
+of its own (`ledger/threaded.py`); PostgreSQL, through asyncpg, implements `Ledger` directly.
 
 History stays in the ledger: the main loop holds the accounts and a window of recent records, keys
 and journal rows (`Snapshot` is what it starts from), asks `fetch` once per batch for whatever
-older rows that batch needs, and reads for clients go through a `HistoryReader`.
+older rows that batch needs, and reads for clients go to the ledger too.
 """
 
 from __future__ import annotations
@@ -96,9 +97,37 @@ class RecordFilter:
     limit: int = 1000
 
 
+class Ledger(Protocol):
+    """The durable ledger as the main loop uses it. Writes (`load`, `fetch`, `commit`) come one
+    at a time, in order; reads of history may run beside them."""
+
+    async def load(self, window: int) -> Snapshot: ...
+
+    async def fetch(self, lookup: Lookup) -> Found:
+        """The rows of `lookup` the ledger holds (read as the writer, so it sees every commit)."""
+
+    async def commit(self, batch: Batch) -> None:
+        """Write `batch` durably in one transaction, or raise `StorageError` and write nothing."""
+
+    async def record(self, order: int) -> FinanceRecord | None:
+        """The current version of `order`."""
+
+    async def find_records(self, wanted: RecordFilter) -> tuple[list[FinanceRecord], int]:
+        """One page of matching current records, newest first, and how many match in all."""
+
+    async def journal_rows(self) -> int:
+        """Rows in the settlement journal."""
+
+    async def close(self) -> None: ...
+
+    def abandon(self) -> None:
+        """Give up on a ledger that does not answer (shutdown timed out): drop it without
+        waiting for the call in progress, which may or may not complete."""
+
+
 class HistoryReader(Protocol):
-    """Reads of committed history, on threads of its own beside the writer (never on the
-    event loop)."""
+    """A blocking engine's reads of committed history, on threads of its own beside the writer
+    (never on the event loop)."""
 
     def record(self, order: int) -> FinanceRecord | None:
         """The current version of `order`."""
@@ -113,7 +142,8 @@ class HistoryReader(Protocol):
 
 
 class Storage(Protocol):
-    """Durable ledger. Called from one thread at a time (the main loop's commit thread)."""
+    """A ledger engine whose calls block, run behind `Ledger` by `ledger/threaded.py`. Called
+    from one thread at a time (the writer thread)."""
 
     def load(self, window: int) -> Snapshot: ...
 

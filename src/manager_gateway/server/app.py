@@ -19,9 +19,10 @@ from ..clock import Clock, LoopClock
 from ..commands.context import Services
 from ..config import Settings
 from ..ledger.sqlite import SQLiteLedger
+from ..ledger.threaded import ThreadedLedger
 from ..protocol.errors import ShuttingDown
 from ..runtime.mainloop import MainLoop
-from ..runtime.storage import Storage
+from ..runtime.storage import Ledger
 from ..session.access import Access, SessionType
 from ..session.tokens import TokenService, load_or_create_secret
 from ..settlement.http import build_app
@@ -59,7 +60,7 @@ class Gateway:
         self,
         settings: Settings,
         clock: Clock | None = None,
-        storage: Storage | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.settings = settings
         self.clock: Clock = clock or LoopClock()
@@ -67,15 +68,15 @@ class Gateway:
         data_dir.mkdir(parents=True, exist_ok=True)
         secret = signing_secret(settings)
         self.tokens = TokenService(secret)
-        self.storage: Storage = storage or SQLiteLedger(
-            data_dir, settings.ledger_synchronous, settings.ledger_busy_timeout_ms
+        self.ledger: Ledger = ledger or ThreadedLedger(
+            SQLiteLedger(data_dir, settings.ledger_synchronous, settings.ledger_busy_timeout_ms)
         )
         self.waiters = WaiterRegistry(self.clock, settings.sync_timeout_ms)
         self.metrics = Metrics()
         self.hub = EventHub(self.clock, self.metrics)
         groups = settings.groups_by_name()
         self.runtime = MainLoop(
-            self.storage,
+            self.ledger,
             self.waiters,
             self.hub,
             self.clock,
@@ -108,6 +109,8 @@ class Gateway:
         self.ledger_finished = True
         self.slow_consumer_disconnects = 0
         self._server: asyncio.Server | None = None
+        # The loop the gateway runs on, for the metrics thread's reads of the ledger.
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
         self.metrics.watch(self)
         self.metrics_server: MetricsServer | None = None
@@ -163,6 +166,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Load the ledger, start the main loop, listen. `port` is the bound port afterwards."""
+        self.loop = asyncio.get_running_loop()
         await self.runtime.start()
         try:
             self._server = await asyncio.get_running_loop().create_server(

@@ -25,6 +25,7 @@ import itertools
 import sys
 from bisect import bisect_left
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -73,6 +74,8 @@ DURATION_BUCKETS_S = (
 SETTLEMENT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 3.0)
 #: Operations per committed batch: powers of two up to the default max_batch.
 BATCH_OPERATIONS_BUCKETS = tuple(float(2**n) for n in range(13))
+#: How long a scrape waits for the ledger to count the settlement journal before leaving it out.
+JOURNAL_COUNT_TIMEOUT_S = 2.0
 #: Label of a `command` that is not in the command table, so clients cannot mint label values.
 UNKNOWN_COMMAND = "unknown"
 #: Label of a frame with no usable envelope (invalid JSON, no extID, ...): there is no command.
@@ -342,15 +345,26 @@ def _settlement_gauges(gateway: Gateway) -> Iterator[Metric]:
         "Cancels refused because the reversal would take the wallet below zero.",
         counters.reversals_refused,
     )
-    try:
-        journal_rows = gateway.runtime.reader.journal_rows()  # on the scrape thread
-    except StorageError:
+    journal_rows = _journal_rows(gateway)
+    if journal_rows is None:
         return  # the ledger is closed (shutting down) or failing: its own alerts say so
     yield GaugeMetricFamily(
         "gateway_settlement_journal_rows",
         "Rows in the settlement journal (tombstones included).",
         value=journal_rows,
     )
+
+
+def _journal_rows(gateway: Gateway) -> int | None:
+    """Count the journal through the ledger, on the gateway's loop (this is the scrape thread)."""
+    if gateway.loop is None or gateway.loop.is_closed():
+        return None
+    count = asyncio.run_coroutine_threadsafe(gateway.runtime.journal_rows(), gateway.loop)
+    try:
+        return count.result(timeout=JOURNAL_COUNT_TIMEOUT_S)
+    except (StorageError, RuntimeError, TimeoutError, CancelledError):
+        count.cancel()
+        return None
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
