@@ -1,4 +1,5 @@
-"""`manager-gateway`: serve, token, ledger verify, settlement report / simulate / check."""
+"""`manager-gateway`: serve, token, ledger verify / migrate, settlement report / simulate /
+check."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from pathlib import Path
 import structlog
 
 from .config import Settings, load_settings
+from .ledger.migrate import MigrationError, migrate_sqlite
+from .ledger.sqlite import LEDGER_FILE
 from .ledger.verify import verify_ledger
 from .logging import configure_logging
 from .server.app import Gateway, signing_secret
@@ -130,6 +133,19 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ledger_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    try:
+        applied = migrate_sqlite(Path(settings.data_dir) / LEDGER_FILE)
+    except MigrationError as exc:
+        print(f"ledger migrate: {exc}", file=sys.stderr)
+        return 1
+    for migration in applied:
+        print(f"applied {migration}")
+    print("ledger up to date")
+    return 0
+
+
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
     settings = _settings(args)
     problems, summary = verify_ledger(Path(settings.data_dir))
@@ -201,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--config", help="TOML settings file")
     verify.add_argument("--data-dir", help="the data directory to check")
     verify.set_defaults(func=cmd_ledger_verify)
+    migrate = ledger_sub.add_parser(
+        "migrate", help="bring the ledger's schema up to date (a start does it too)"
+    )
+    migrate.add_argument("--config", help="TOML settings file")
+    migrate.add_argument("--data-dir", help="the data directory of the SQLite ledger")
+    migrate.set_defaults(func=cmd_ledger_migrate)
 
     settlement = sub.add_parser("settlement", help="External Settlement tools")
     settlement_sub = settlement.add_subparsers(dest="settlement_command", required=True)

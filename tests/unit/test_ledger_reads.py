@@ -12,11 +12,12 @@ import pytest
 
 from manager_gateway.ledger.sqlite import (
     LEDGER_FILE,
-    SCHEMA_VERSION,
     SQLiteLedger,
     SQLiteReader,
 )
 from manager_gateway.runtime.storage import Lookup, StorageError
+
+SQLITE_MIGRATIONS = Path(__file__).parents[2] / "src/manager_gateway/ledger/migrations/sqlite"
 
 
 def open_descriptors() -> int:
@@ -63,17 +64,16 @@ def test_a_reader_keeps_one_connection_per_thread_until_closed(tmp_path: Path) -
     assert open_descriptors() < before  # the writer's too, now
 
 
-def test_a_new_ledger_makes_its_directories_and_records_its_schema_version(
-    tmp_path: Path,
-) -> None:
+def test_a_new_ledger_makes_its_directories_and_records_its_migrations(tmp_path: Path) -> None:
     data_dir = tmp_path / "not" / "yet"
     SQLiteLedger(data_dir).close()
     db = sqlite3.connect(data_dir / LEDGER_FILE)
     try:
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        applied = [row[0] for row in db.execute("SELECT migration_id FROM _yoyo_migration")]
     finally:
         db.close()
-    assert meta["schema_version"] == str(SCHEMA_VERSION)
+    assert applied == [path.stem for path in sorted(SQLITE_MIGRATIONS.glob("*.sql"))]
+    assert applied[0] == "0001_ledger"
 
 
 def test_an_unknown_synchronous_mode_is_refused_by_name(tmp_path: Path) -> None:

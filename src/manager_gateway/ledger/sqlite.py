@@ -32,74 +32,10 @@ from ..runtime.storage import (
     Snapshot,
     StorageError,
 )
+from .migrate import migrate_sqlite
 
 LEDGER_FILE = "ledger.db"
-SCHEMA_VERSION = 1
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS accounts (
-    login INTEGER PRIMARY KEY,
-    grp TEXT NOT NULL,
-    name TEXT NOT NULL,
-    email TEXT NOT NULL,
-    password_hash TEXT NOT NULL,
-    leverage INTEGER NOT NULL,
-    enable INTEGER NOT NULL,
-    currency TEXT NOT NULL,
-    digits INTEGER NOT NULL,
-    balance TEXT NOT NULL,
-    credit TEXT NOT NULL,
-    registration_time INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS records (
-    ord INTEGER NOT NULL,
-    version INTEGER NOT NULL,
-    login INTEGER NOT NULL,
-    cmd INTEGER NOT NULL,
-    state INTEGER NOT NULL,
-    profit TEXT NOT NULL,
-    comment TEXT NOT NULL,
-    open_time INTEGER NOT NULL,
-    close_time INTEGER NOT NULL,
-    update_time INTEGER NOT NULL,
-    PRIMARY KEY (ord, version)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS idempotency (
-    subject TEXT NOT NULL,
-    ext_id TEXT NOT NULL,
-    command TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (subject, ext_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS settlement_journal (
-    company INTEGER NOT NULL,
-    space TEXT NOT NULL,
-    number TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    code TEXT NOT NULL,
-    login INTEGER,
-    user_name TEXT NOT NULL,
-    finance_order INTEGER,
-    amount TEXT NOT NULL,
-    reverses TEXT,
-    cancelled_by TEXT,
-    answer TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (company, space, number)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS settlement_journal_by_time ON settlement_journal (created_at);
-CREATE INDEX IF NOT EXISTS records_by_login ON records (login, ord);
-CREATE INDEX IF NOT EXISTS records_by_open_time ON records (open_time);
-CREATE INDEX IF NOT EXISTS idempotency_by_time ON idempotency (created_at);
-"""
 
 # Rows per IN (...) list of a look-up: well under SQLite's limit of bound parameters.
 CHUNK = 300
@@ -202,22 +138,21 @@ def journal_row(row: tuple[Any, ...]) -> JournalRow:
 def connect(
     path: Path, synchronous: str = "FULL", busy_timeout_ms: int = 5000
 ) -> sqlite3.Connection:
-    """Open (creating if needed) a ledger database with the project's pragmas and schema.
+    """Open (creating if needed) a ledger database with the project's pragmas, its schema brought
+    up to date first (`migrate.py`).
 
     `busy_timeout_ms` is how long a commit waits for a write lock another process holds (a
     backup, `ledger verify`) before it fails and its batch is answered 500.
     """
     if synchronous.upper() not in SYNCHRONOUS_MODES:
         raise ValueError(f"ledger_synchronous must be one of {SYNCHRONOUS_MODES}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    migrate_sqlite(path)
     # isolation_level=None: we issue BEGIN/COMMIT ourselves; check_same_thread=False because the
     # ledger is opened on the main thread and then used only from the single commit thread.
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous.upper()}")
     db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-    db.executescript(SCHEMA)
-    db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     return db
 
 
