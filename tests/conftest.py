@@ -19,11 +19,13 @@ import structlog
 import structlog.testing
 
 from manager_gateway.config import Settings, load_settings
+from manager_gateway.ledger.threaded import ThreadedLedger
 from manager_gateway.runtime.storage import Storage
 from manager_gateway.server.app import Gateway
 from manager_gateway.session.access import SessionType
 
 from .fakes import FakeClock, GatedLedger, storage_of, threaded
+from .postgres import PostgresServer, postgres_server
 
 DEMO_USER = {
     "group": "demo",
@@ -235,8 +237,34 @@ def frozen_clock() -> FakeClock:
     return FakeClock(wall=float(int(time.time())))
 
 
+#: The ledger engines a test module runs on when it overrides `ledger_url` with `engine_url`.
+ENGINES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (tests/postgres.py)."""
+    with postgres_server() as server:
+        yield server
+
+
 @pytest.fixture
-async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+def ledger_url() -> str:
+    """The ledger a test's gateways use: "" is the embedded SQLite. A module that runs on both
+    engines overrides this fixture, parametrized over ENGINES, with `engine_url`."""
+    return ""
+
+
+def engine_url(request: pytest.FixtureRequest) -> str:
+    """For `request.param` of ENGINES: "" for SQLite, else a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return ""
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.database()
+
+
+@pytest.fixture
+async def make_gateway(tmp_path: Path, ledger_url: str) -> AsyncIterator[GatewayFactory]:
     """Start gateways on free ports: `await make_gateway(sync_timeout_ms=200, gated=True)`.
 
     Keyword arguments are settings; `gated=True` puts a `GatedLedger` under the main loop;
@@ -248,6 +276,9 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         *, gated: bool = False, storage: Storage | None = None, clock: Any = None, **settings: Any
     ) -> Harness:
         data_dir = Path(settings.pop("data_dir", tmp_path / "data"))
+        settings.setdefault("ledger_url", ledger_url)
+        if settings["ledger_url"] and (gated or storage is not None):
+            raise AssertionError("test doubles of the ledger are SQLite's: not with ledger_url")
         config: Settings = load_settings(
             None,
             host="127.0.0.1",
@@ -270,9 +301,9 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
 
     yield start
     for harness in harnesses:
-        storage = storage_of(harness.gateway.ledger)
-        if isinstance(storage, GatedLedger):
-            storage.release()
+        engine = harness.gateway.ledger
+        if isinstance(engine, ThreadedLedger) and isinstance(engine.storage, GatedLedger):
+            engine.storage.release()
         await harness.close_clients()
         await harness.gateway.shutdown()
 

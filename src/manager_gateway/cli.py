@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 
 from .config import Settings, load_settings
-from .ledger.migrate import MigrationError, migrate_sqlite
+from .ledger.migrate import MigrationError, migrate_postgres, migrate_sqlite
 from .ledger.sqlite import LEDGER_FILE
 from .ledger.verify import verify_ledger
 from .logging import configure_logging
@@ -105,6 +105,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         port=getattr(args, "port", None),
         settlement_port=getattr(args, "settlement_port", None),
         data_dir=Path(args.data_dir) if args.data_dir else None,
+        ledger_url=getattr(args, "ledger_url", None),
     )
 
 
@@ -136,7 +137,10 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_ledger_migrate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     try:
-        applied = migrate_sqlite(Path(settings.data_dir) / LEDGER_FILE)
+        if settings.ledger_url:
+            applied = migrate_postgres(settings.ledger_url)
+        else:
+            applied = migrate_sqlite(Path(settings.data_dir) / LEDGER_FILE)
     except MigrationError as exc:
         print(f"ledger migrate: {exc}", file=sys.stderr)
         return 1
@@ -222,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("--config", help="TOML settings file")
     migrate.add_argument("--data-dir", help="the data directory of the SQLite ledger")
+    migrate.add_argument("--ledger-url", help="a postgresql:// URL (else the SQLite ledger)")
     migrate.set_defaults(func=cmd_ledger_migrate)
 
     settlement = sub.add_parser("settlement", help="External Settlement tools")

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     idempotency_ttl_s: Annotated[int, Field(ge=1)] = 24 * 3600
 
     # Runtime and ledger.
+    # Empty: the embedded SQLite ledger in data_dir. `postgresql://user:pass@host/db`: PostgreSQL
+    # (docs/scaling.md); the ledger_* SQLite settings then do not apply.
+    ledger_url: str = ""
     ledger_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     # How long a commit waits for a write lock held by another process before it fails (500).
     ledger_busy_timeout_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 5000
@@ -122,6 +125,15 @@ class Settings(BaseSettings):
     # Logs.
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("ledger_url")
+    @classmethod
+    def _ledger_url(cls, value: str) -> str:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "ledger_url is empty (the embedded SQLite ledger) or a postgresql:// URL"
+            )
+        return value
 
     @field_validator("settlement_allow")
     @classmethod

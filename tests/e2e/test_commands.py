@@ -15,7 +15,7 @@ import pytest
 
 from manager_gateway.session.access import SessionType
 
-from ..conftest import DEMO_USER, Client, GatewayFactory, Harness, money
+from ..conftest import DEMO_USER, ENGINES, Client, GatewayFactory, Harness, engine_url, money
 from ..fakes import FakeClock
 
 FINANCE = {"BalanceIn": 6, "CreditIn": 7, "BalanceOut": 8, "CreditOut": 9}
@@ -33,6 +33,12 @@ RECORD_KEYS = {
     "update_time",
     "reason",
 }
+
+
+@pytest.fixture(params=ENGINES)
+def ledger_url(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both ledger engines."""
+    return engine_url(request)
 
 
 @pytest.fixture

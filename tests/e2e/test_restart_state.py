@@ -9,7 +9,8 @@ from typing import Any
 
 import aiohttp
 
-from manager_gateway.ledger.sqlite import JOURNAL_COLUMNS, LEDGER_FILE
+from manager_gateway.ledger.rows import JOURNAL_COLUMNS
+from manager_gateway.ledger.sqlite import LEDGER_FILE
 from manager_gateway.ledger.verify import verify_ledger
 
 from ..conftest import DEMO_USER, GatewayFactory

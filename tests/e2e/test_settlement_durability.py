@@ -30,7 +30,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from manager_gateway.ledger.sqlite import JOURNAL_COLUMNS, LEDGER_FILE, journal_row
+from manager_gateway.ledger.rows import JOURNAL_COLUMNS, journal_row
+from manager_gateway.ledger.sqlite import LEDGER_FILE
 from manager_gateway.runtime.journal import REQUESTS, JournalRow
 from manager_gateway.settlement.http import ADJUST, CANCEL
 

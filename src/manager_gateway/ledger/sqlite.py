@@ -17,44 +17,37 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from ..runtime.journal import JournalRow
 from ..runtime.records import Account, FinanceRecord
 from ..runtime.storage import (
     Batch,
     Found,
-    IdempotencyKey,
     Lookup,
     RecordFilter,
     Snapshot,
     StorageError,
 )
 from .migrate import migrate_sqlite
+from .rows import (
+    ACCOUNT_COLUMNS,
+    CURRENT_VERSION,
+    JOURNAL_COLUMNS,
+    KEY_COLUMNS,
+    RECORD_COLUMNS,
+    account_from_row,
+    journal_row,
+    key_from_row,
+    latest_records,
+    record_from_row,
+)
 
 LEDGER_FILE = "ledger.db"
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 
 # Rows per IN (...) list of a look-up: well under SQLite's limit of bound parameters.
 CHUNK = 300
-
-JOURNAL_COLUMNS = (
-    "company, space, number, kind, fingerprint, code, login, user_name, finance_order, amount,"
-    " reverses, cancelled_by, answer, created_at"
-)
-
-_ACCOUNT_COLUMNS = (
-    "login, grp, name, email, password_hash, leverage, enable, currency, digits, balance, credit,"
-    " registration_time"
-)
-_RECORD_COLUMNS = (
-    "ord, version, login, cmd, state, profit, comment, open_time, close_time, update_time"
-)
-_KEY_COLUMNS = "subject, ext_id, command, digest, outcome, created_at"
-# A record row that is its order's current version.
-_CURRENT = "NOT EXISTS (SELECT 1 FROM records AS n WHERE n.ord = r.ord AND n.version > r.version)"
 
 
 def _account_row(a: Account) -> tuple[object, ...]:
@@ -74,24 +67,6 @@ def _account_row(a: Account) -> tuple[object, ...]:
     )
 
 
-def _account(row: tuple[Any, ...]) -> Account:
-    (login, grp, name, email, pwd, leverage, enable, currency, digits, balance, credit, reg) = row
-    return Account(
-        int(login),
-        str(grp),
-        str(name),
-        str(email),
-        str(pwd),
-        int(leverage),
-        int(enable),
-        str(currency),
-        int(digits),
-        Decimal(str(balance)),
-        Decimal(str(credit)),
-        int(reg),
-    )
-
-
 def _record_row(r: FinanceRecord) -> tuple[object, ...]:
     return (
         r.order,
@@ -105,34 +80,6 @@ def _record_row(r: FinanceRecord) -> tuple[object, ...]:
         r.close_time,
         r.update_time,
     )
-
-
-def _record(row: tuple[Any, ...]) -> FinanceRecord:
-    order, version, login, cmd, state, profit, comment, open_t, close_t, update_t = row
-    return FinanceRecord(
-        int(order),
-        int(version),
-        int(login),
-        int(cmd),
-        int(state),
-        Decimal(str(profit)),
-        str(comment),
-        int(open_t),
-        int(close_t),
-        int(update_t),
-    )
-
-
-def journal_row(row: tuple[Any, ...]) -> JournalRow:
-    """A journal row as read from the table (its answer is stored as text)."""
-    (company, space, number, kind, fingerprint, code, login, user_name, order, amount,
-     reverses, cancelled_by, answer, created_at) = row  # fmt: skip
-    return JournalRow(
-        int(company), str(space), str(number), str(kind), str(fingerprint), str(code),
-        None if login is None else int(login), str(user_name),
-        None if order is None else int(order),
-        str(amount), reverses, cancelled_by, str(answer).encode(), float(created_at),
-    )  # fmt: skip
 
 
 def connect(
@@ -170,17 +117,17 @@ class SQLiteLedger:
         db = self._db
         accounts = {
             a.login: a
-            for a in map(_account, db.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts"))
+            for a in map(account_from_row, db.execute(f"SELECT {ACCOUNT_COLUMNS} FROM accounts"))
         }
         newest = db.execute("SELECT MAX(ord) FROM records").fetchone()[0] or 0
-        records = _latest(
+        records = latest_records(
             db.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM records WHERE ord > ? ORDER BY ord, version",
+                f"SELECT {RECORD_COLUMNS} FROM records WHERE ord > ? ORDER BY ord, version",
                 (newest - window,),
             )
         )
-        rows, keys_beyond_until = _newest(db, _KEY_COLUMNS, "idempotency", window)
-        keys = [_key(row) for row in rows]
+        rows, keys_beyond_until = _newest(db, KEY_COLUMNS, "idempotency", window)
+        keys = [key_from_row(row) for row in rows]
         rows, journal_beyond_until = _newest(db, JOURNAL_COLUMNS, "settlement_journal", window)
         journal = [journal_row(row) for row in rows]
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
@@ -206,7 +153,7 @@ class SQLiteLedger:
     def _fetch(self, lookup: Lookup) -> Found:
         db = self._db
         keys = [
-            _key(row)
+            key_from_row(row)
             for chunk in _chunks(lookup.keys)
             for row in db.execute(keys_by_pk_sql(len(chunk)), [v for key in chunk for v in key])
         ]
@@ -219,9 +166,9 @@ class SQLiteLedger:
         records = {
             order: record
             for chunk in _chunks(sorted(orders))
-            for order, record in _latest(
+            for order, record in latest_records(
                 db.execute(
-                    f"SELECT {_RECORD_COLUMNS} FROM records"
+                    f"SELECT {RECORD_COLUMNS} FROM records"
                     f" WHERE ord IN ({','.join('?' * len(chunk))}) ORDER BY ord, version",
                     chunk,
                 )
@@ -239,13 +186,13 @@ class SQLiteLedger:
             try:
                 if batch.accounts:
                     db.executemany(
-                        f"INSERT OR REPLACE INTO accounts ({_ACCOUNT_COLUMNS})"
+                        f"INSERT OR REPLACE INTO accounts ({ACCOUNT_COLUMNS})"
                         " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                         [_account_row(a) for a in batch.accounts.values()],
                     )
                 if batch.records:
                     db.executemany(
-                        f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        f"INSERT INTO records ({RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                         [_record_row(r) for r in batch.records],
                     )
                 if batch.expire_keys_until is not None:
@@ -320,16 +267,15 @@ class SQLiteReader:
         row = (
             self._db()
             .execute(
-                f"SELECT {_RECORD_COLUMNS} FROM records WHERE ord = ?"
-                " ORDER BY version DESC LIMIT 1",
+                f"SELECT {RECORD_COLUMNS} FROM records WHERE ord = ? ORDER BY version DESC LIMIT 1",
                 (order,),
             )
             .fetchone()
         )
-        return None if row is None else _record(row)
+        return None if row is None else record_from_row(row)
 
     def find_records(self, wanted: RecordFilter) -> tuple[list[FinanceRecord], int]:
-        where: list[str] = [_CURRENT]
+        where: list[str] = [CURRENT_VERSION]
         params: list[object] = []
         if wanted.logins is not None:
             where.append("r.login IN (SELECT value FROM json_each(?))")
@@ -349,7 +295,7 @@ class SQLiteReader:
         db.execute("BEGIN")
         try:
             rows = db.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM records AS r WHERE {condition}"
+                f"SELECT {RECORD_COLUMNS} FROM records AS r WHERE {condition}"
                 " ORDER BY r.ord DESC LIMIT ? OFFSET ?",
                 [*params, wanted.limit, wanted.offset],
             ).fetchall()
@@ -358,7 +304,7 @@ class SQLiteReader:
             ).fetchone()[0]
         finally:
             db.execute("COMMIT")
-        return [_record(row) for row in rows], int(count)
+        return [record_from_row(row) for row in rows], int(count)
 
     def journal_rows(self) -> int:
         try:
@@ -377,13 +323,6 @@ def _json_list(values: Iterable[int]) -> str:
     return "[" + ",".join(str(int(v)) for v in values) + "]"
 
 
-def _key(row: Sequence[Any]) -> IdempotencyKey:
-    subject, ext_id, command, digest, outcome, created_at = row
-    return IdempotencyKey(
-        subject, ext_id, command, digest, str(outcome).encode(), float(created_at)
-    )
-
-
 def _newest(
     db: sqlite3.Connection, columns: str, table: str, window: int
 ) -> tuple[list[tuple[Any, ...]], float]:
@@ -395,15 +334,6 @@ def _newest(
     beyond_until = float(rows.pop()[-1]) if len(rows) > window else 0.0
     rows.reverse()
     return rows, beyond_until
-
-
-def _latest(rows: Iterable[tuple[Any, ...]]) -> dict[int, FinanceRecord]:
-    """The last version of each order, from rows ordered by (order, version)."""
-    records: dict[int, FinanceRecord] = {}
-    for row in rows:
-        record = _record(row)
-        records[record.order] = record
-    return records
 
 
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -422,7 +352,7 @@ def _tuples(count: int, width: int) -> str:
 def keys_by_pk_sql(count: int) -> str:
     return (
         f"WITH wanted(subject, ext_id) AS (VALUES {_tuples(count, 2)})"
-        f" SELECT {', '.join('i.' + c for c in _KEY_COLUMNS.split(', '))}"
+        f" SELECT {', '.join('i.' + c for c in KEY_COLUMNS.split(', '))}"
         " FROM wanted JOIN idempotency AS i"
         " ON i.subject = wanted.subject AND i.ext_id = wanted.ext_id"
     )

@@ -33,6 +33,8 @@ T = TypeVar("T")
 class ThreadedLedger:
     """`Ledger` over a `Storage`: each call on the right thread, awaited on the event loop."""
 
+    shared = False  # the only writer: memory is the truth between commits
+
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
@@ -59,6 +61,9 @@ class ThreadedLedger:
 
     async def commit(self, batch: Batch) -> None:
         await self._on(self._writer, self.storage.commit, batch)
+
+    async def discard(self) -> None:
+        return  # `fetch` began nothing: SQLite reads outside a transaction
 
     async def record(self, order: int) -> FinanceRecord | None:
         return await self._on(self._readers, self._history().record, order)

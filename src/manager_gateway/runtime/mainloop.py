@@ -31,7 +31,13 @@ from ..waiters import WaiterRegistry
 from .operations import Effect, Operation, OpKind, apply_add_user, apply_delete, apply_finance
 from .records import Account, FinanceRecord
 from .state import KeyEntry, State, Transaction
-from .storage import IdempotencyKey, Ledger, Lookup, RecordFilter
+from .storage import Found, IdempotencyKey, Ledger, Lookup, RecordFilter, StorageError
+
+#: A 500 for a commit whose outcome the database could not confirm (see StorageError).
+UNKNOWN_OUTCOME = (
+    "the connection to the ledger was lost while committing: the operation may or may not be"
+    " applied; retry it with the same extID to find out"
+)
 
 log = structlog.get_logger("manager_gateway.mainloop")
 
@@ -188,8 +194,17 @@ class MainLoop:
                         op, InternalError("the ledger could not be read; nothing was applied")
                     )
                 return
-            self.state.remember(found)
-        tx = Transaction(self.state)
+            self.state.remember(found, self._ledger.shared)
+        else:
+            found = None
+        await self._apply_and_commit(ops, found, now, started)
+        if found is not None and self._ledger.shared:
+            await self._ledger.discard()  # the batch wrote nothing (after a commit: a no-op)
+
+    async def _apply_and_commit(
+        self, ops: list[Operation], found: Found | None, now: float, started: float
+    ) -> None:
+        tx = Transaction(self.state, found if self._ledger.shared else None)
         applied: list[tuple[Operation, Effect]] = []
         for op in ops:
             try:
@@ -223,7 +238,10 @@ class MainLoop:
             log.error("ledger_commit_failed", error=str(exc), operations=len(applied))
             if self._observer is not None:
                 self._observer.commit_failed()
-            self._abandon(applied)
+            if isinstance(exc, StorageError) and exc.maybe_committed:
+                self._abandon(applied, InternalError(UNKNOWN_OUTCOME))
+            else:
+                self._abandon(applied)
             return
         commit_ms = (time.perf_counter() - commit_started) * 1000
         if self._observer is not None:
@@ -245,6 +263,8 @@ class MainLoop:
 
     def _lookup(self, ops: list[Operation], now: float) -> Lookup | None:
         """What the batch needs from the ledger that memory may lack; None when nothing."""
+        if self._ledger.shared:
+            return _everything_touched(ops)
         state = self.state
         keys_on_disk = state.keys_on_disk(now - self._ttl_s)
         journal_on_disk = state.journal_on_disk(now - self._journal_retention_s)
@@ -375,6 +395,8 @@ class MainLoop:
     async def record(self, order: int) -> FinanceRecord | None:
         """The current version of `order`: from the window, else from the ledger."""
         record = self.state.record(order)
+        if self._ledger.shared:  # another node may have changed it, or made it
+            return await self._ledger.record(order)
         if record is not None or order >= self.state.next_order:
             return record
         return await self._ledger.record(order)
@@ -386,6 +408,34 @@ class MainLoop:
     async def journal_rows(self) -> int:
         """Rows in the settlement journal (a gauge)."""
         return await self._ledger.journal_rows()
+
+
+def _everything_touched(ops: list[Operation]) -> Lookup:
+    """A shared ledger's look-up: every key, journal row, record and account the batch may read
+    or change (the ledger adds the accounts of the records and rows it finds), and how many new
+    numbers it may take."""
+    keys: dict[tuple[str, str], None] = {}
+    journal: dict[tuple[int, str, str], None] = {}
+    orders: dict[int, None] = {}
+    logins: dict[int, None] = {}
+    new_orders = new_logins = 0
+    for op in ops:
+        if op.decide is None:
+            keys[op.key] = None
+        for journal_key in op.journal_keys:
+            journal[journal_key] = None
+        login = getattr(op.data, "login", None)  # finance, AddUser and settlement data name one
+        if login is not None:
+            logins[login] = None
+        if op.kind is OpKind.FINANCE or op.kind is OpKind.DELETE:
+            order = op.data.order  # an update or a delete names its record
+            if order is not None:
+                orders[order] = None
+        if op.kind is OpKind.FINANCE or op.kind is OpKind.SETTLEMENT:
+            new_orders += 1  # at most one new record each (an unknown order makes one too)
+        elif op.kind is OpKind.ADD_USER and login is None:  # the login left to the gateway
+            new_logins += 1
+    return Lookup(list(keys), list(journal), list(orders), list(logins), new_orders, new_logins)
 
 
 def _tell_decided(ops: list[Operation]) -> None:

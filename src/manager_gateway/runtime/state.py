@@ -106,16 +106,27 @@ class State:
     def journal_on_disk(self, live_after: float) -> bool:
         return self.journal_beyond_until > live_after
 
-    def remember(self, found: Found) -> None:
-        """Hold rows the main loop fetched from the ledger for the batch it is applying."""
+    def remember(self, found: Found, shared: bool = False) -> None:
+        """Hold rows the main loop fetched from the ledger for the batch it is applying. From a
+        shared ledger they replace what memory holds: another node may have changed them."""
         for key in found.keys:
-            self._keys.setdefault((key.subject, key.ext_id), _entry(key))
+            if shared:
+                self._keys[(key.subject, key.ext_id)] = _entry(key)
+            else:
+                self._keys.setdefault((key.subject, key.ext_id), _entry(key))
         for row in found.journal:
             if row.key not in self.journal:
-                self.journal[row.key] = row
                 self._fetched_journal.append(row.key)
+                self.journal[row.key] = row
+            elif shared:
+                self.journal[row.key] = row
         for record in found.records:
-            self._records.setdefault(record.order, tuple(record))
+            if shared:
+                self._records[record.order] = tuple(record)
+            else:
+                self._records.setdefault(record.order, tuple(record))
+        for account in found.accounts:
+            self.accounts[account.login] = account
 
     def apply(self, tx: Transaction) -> None:
         """Publish a durably committed transaction."""
@@ -176,8 +187,12 @@ def _drop_created_until(rows: dict[Any, Any], until: float, at: int) -> None:
 class Transaction:
     """One batch's pending changes on top of the committed `State`."""
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, reserved: Found | None = None) -> None:
         self._state = state
+        # A shared ledger's batch takes new numbers from those its ledger reserved for it (its
+        # sequences), else from memory's counters.
+        self._orders = None if reserved is None else iter(reserved.orders)
+        self._logins = None if reserved is None else iter(reserved.logins)
         self.accounts: dict[int, Account] = {}
         self.records: dict[int, FinanceRecord] = {}
         self.journal: dict[JournalKey, JournalRow] = {}
@@ -207,11 +222,18 @@ class Transaction:
         self.batch.records.append(record)
 
     def reserve_order(self) -> int:
+        if self._orders is not None:
+            return next(self._orders)  # the main loop reserved one per operation
         order = self.batch.next_order
         self.batch.next_order += 1
         return order
 
     def allocate_login(self) -> int:
+        if self._logins is not None:
+            login = next(self._logins)
+            while self.account(login) is not None:  # taken by an explicit login
+                login = next(self._logins)
+            return login
         login = self.batch.next_login
         while self.account(login) is not None:
             login += 1

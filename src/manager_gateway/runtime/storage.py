@@ -67,21 +67,29 @@ class Snapshot:
 
 @dataclass(slots=True)
 class Lookup:
-    """The older rows one batch needs, by key."""
+    """The rows one batch needs that memory may lack, by key; for a shared ledger, everything
+    the batch touches, and how many new order and login numbers it may take."""
 
     keys: list[tuple[str, str]] = field(default_factory=list)
     journal: list[JournalKey] = field(default_factory=list)
     orders: list[int] = field(default_factory=list)
+    logins: list[int] = field(default_factory=list)  # shared only: the accounts to lock
+    new_orders: int = 0  # shared only
+    new_logins: int = 0  # shared only
 
 
 @dataclass(slots=True)
 class Found:
     """What the ledger holds of a `Lookup`; `records` also has the current version of every
-    order a found journal row points at (a cancel reverses it)."""
+    order a found journal row points at (a cancel reverses it). From a shared ledger also the
+    accounts, as they are now and locked until the batch ends, and the numbers reserved for it."""
 
     keys: list[IdempotencyKey]
     journal: list[JournalRow]
     records: list[FinanceRecord]
+    accounts: list[Account] = field(default_factory=list)
+    orders: list[int] = field(default_factory=list)
+    logins: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True, frozen=True)
@@ -99,7 +107,15 @@ class RecordFilter:
 
 class Ledger(Protocol):
     """The durable ledger as the main loop uses it. Writes (`load`, `fetch`, `commit`) come one
-    at a time, in order; reads of history may run beside them."""
+    at a time, in order; reads of history may run beside them.
+
+    A `shared` ledger has other writers (gateway nodes on one PostgreSQL): memory is then only a
+    cache, so the main loop asks `fetch` for everything a batch touches and trusts what it finds,
+    and `fetch` begins the batch's transaction, holding what it found locked until `commit` or
+    `discard` ends it.
+    """
+
+    shared: bool
 
     async def load(self, window: int) -> Snapshot: ...
 
@@ -108,6 +124,9 @@ class Ledger(Protocol):
 
     async def commit(self, batch: Batch) -> None:
         """Write `batch` durably in one transaction, or raise `StorageError` and write nothing."""
+
+    async def discard(self) -> None:
+        """End a batch that `fetch` began and that writes nothing."""
 
     async def record(self, order: int) -> FinanceRecord | None:
         """The current version of `order`."""
@@ -160,4 +179,11 @@ class Storage(Protocol):
 
 
 class StorageError(Exception):
-    """The ledger could not durably write or read (disk full, locked, I/O error)."""
+    """The ledger could not durably write or read (disk full, locked, I/O error).
+
+    `maybe_committed`: the connection to a database server was lost while it committed, so the
+    batch may be durable after all; callers are told to retry to find out."""
+
+    def __init__(self, message: str, *, maybe_committed: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_committed = maybe_committed

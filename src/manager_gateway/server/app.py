@@ -18,6 +18,7 @@ from aiohttp import web
 from ..clock import Clock, LoopClock
 from ..commands.context import Services
 from ..config import Settings
+from ..ledger.postgres import PostgresLedger
 from ..ledger.sqlite import SQLiteLedger
 from ..ledger.threaded import ThreadedLedger
 from ..protocol.errors import ShuttingDown
@@ -48,6 +49,15 @@ def _tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
     return context
 
 
+def _ledger(settings: Settings, data_dir: Path) -> Ledger:
+    """The engine `ledger_url` names: PostgreSQL, else the embedded SQLite in the data dir."""
+    if settings.ledger_url:
+        return PostgresLedger(settings.ledger_url)
+    return ThreadedLedger(
+        SQLiteLedger(data_dir, settings.ledger_synchronous, settings.ledger_busy_timeout_ms)
+    )
+
+
 def signing_secret(settings: Settings) -> bytes:
     """The configured secret, else the one kept in (or created in) the data dir."""
     if settings.jwt_secret:
@@ -68,9 +78,7 @@ class Gateway:
         data_dir.mkdir(parents=True, exist_ok=True)
         secret = signing_secret(settings)
         self.tokens = TokenService(secret)
-        self.ledger: Ledger = ledger or ThreadedLedger(
-            SQLiteLedger(data_dir, settings.ledger_synchronous, settings.ledger_busy_timeout_ms)
-        )
+        self.ledger: Ledger = ledger or _ledger(settings, data_dir)
         self.waiters = WaiterRegistry(self.clock, settings.sync_timeout_ms)
         self.metrics = Metrics()
         self.hub = EventHub(self.clock, self.metrics)

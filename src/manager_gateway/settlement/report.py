@@ -16,7 +16,8 @@ from typing import Any, TextIO
 
 import orjson
 
-from ..ledger.sqlite import JOURNAL_COLUMNS, LEDGER_FILE, journal_row
+from ..ledger.rows import JOURNAL_COLUMNS, journal_row
+from ..ledger.sqlite import LEDGER_FILE
 
 FIELDS = (
     "time",

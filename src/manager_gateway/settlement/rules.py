@@ -70,6 +70,15 @@ class SettlementRequest:
         return (self.company, TRANSFERS if self.kind == "transfer" else REQUESTS, self.number)
 
     @property
+    def login(self) -> int | None:
+        """The login `account_code` names, if it can be one: a shared ledger locks its account
+        for the batch (the main loop reads `login` from any operation's data)."""
+        code = self.account_code
+        if code.isascii() and code.isdigit() and len(code) <= MAX_LOGIN_DIGITS:
+            return int(code)
+        return None
+
+    @property
     def journal_keys(self) -> tuple[JournalKey, ...]:
         """The journal rows deciding this request reads: its own, and a cancel's target."""
         if self.reverses is None:

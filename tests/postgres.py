@@ -1,0 +1,63 @@
+"""PostgreSQL for the tests: the server `GATEWAY_TEST_POSTGRES_URL` names, else a throwaway one
+started from the `pgserver` wheel (PostgreSQL binaries on PyPI), so a fresh machine needs nothing
+installed by hand. Each test that asks gets a database of its own."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+ENV = "GATEWAY_TEST_POSTGRES_URL"
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` with its database replaced by `name`."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+class PostgresServer:
+    """A server the tests may create databases on."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._names = (f"gw_{os.getpid()}_{n}" for n in itertools.count())
+
+    def database(self) -> str:
+        """A new, empty database; its URL."""
+        name = next(self._names)
+        with psycopg.connect(self.url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            admin.execute(f'CREATE DATABASE "{name}"')
+        return with_database(self.url, name)
+
+
+@contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    """The configured server, else a throwaway one for as long as the block runs."""
+    url = os.environ.get(ENV)
+    if url:
+        yield PostgresServer(url)
+        return
+    import pgserver  # only when no server is configured: it unpacks PostgreSQL's binaries
+
+    with tempfile.TemporaryDirectory(prefix="gateway-pg-") as data:
+        server = pgserver.get_server(data, cleanup_mode="stop")
+        url = server.get_uri()
+        # A throwaway server: the tests kill gateways, never the database, so its own flushes
+        # to disk buy nothing here and cost every commit, database creation and the shutdown
+        # checkpoint (which took 15 s after one module). Commits still wait for the WAL write.
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("ALTER SYSTEM SET fsync = off")
+            admin.execute("ALTER SYSTEM SET full_page_writes = off")
+            admin.execute("SELECT pg_reload_conf()")
+        try:
+            yield PostgresServer(url)
+        finally:
+            server.cleanup()
