@@ -21,19 +21,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterable
-from decimal import Decimal
+import uuid
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import asyncpg
+import orjson
+import structlog
 
 from ..runtime.journal import JournalRow
 from ..runtime.records import Account, FinanceRecord
 from ..runtime.storage import (
+    AccountEvent,
     Batch,
     Found,
     IdempotencyKey,
     Lookup,
+    PeerEvents,
     RecordFilter,
     Snapshot,
     StorageError,
@@ -52,12 +56,21 @@ from .rows import (
     record_from_row,
 )
 
+log = structlog.get_logger("manager_gateway.ledger")
+
 #: Connections serving client reads of history, beside the writer's own.
 READ_CONNECTIONS = 2
 #: Expired keys and journal rows deleted per statement (housekeeping, after a commit).
 PURGE_ROWS = 5000
 #: How often, in the batches' own time, that housekeeping runs.
 PURGE_EVERY_S = 1.0
+#: How long the outbox keeps account events for nodes that fell behind (cut off from the
+#: database): one that comes back later gets its accounts up to date, not their events.
+EVENT_AGE_S = 3600.0
+#: The channel each batch's NOTIFY goes to: "<node> <batch>".
+CHANNEL = "gateway_account_events"
+#: The longest a node waits between attempts to reconnect its listening connection.
+RECONNECT_MAX_S = 5.0
 
 # What a connection-level failure looks like: the server went away, the socket broke.
 _CONNECTION_ERRORS = (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError)
@@ -66,8 +79,11 @@ _ERRORS = (asyncpg.PostgresError, *_CONNECTION_ERRORS, asyncio.TimeoutError)
 
 _ACCOUNT_TYPES = (
     "bigint[], text[], text[], text[], text[], integer[], integer[], text[], integer[],"
-    " numeric[], numeric[], bigint[]"
+    " numeric[], numeric[], bigint[], bigint[]"
 )
+# The accounts' columns with their version, which only a shared ledger keeps.
+_ACCOUNT_SELECT = ACCOUNT_COLUMNS + ", version"
+_EVENT_COLUMNS = "login, version, event_type, data, account"
 _JOURNAL_TYPES = (
     "bigint[], text[], text[], text[], text[], text[], bigint[], text[], bigint[], text[],"
     " text[], text[], text[], float8[]"
@@ -107,6 +123,8 @@ class PostgresLedger:
 
     def __init__(self, url: str) -> None:
         self._url = url
+        self.node = uuid.uuid4().hex[:12]  # names this node's NOTIFYs, which it skips
+        self._closed = False
         self._writer: asyncpg.Connection | None = None
         self._readers: asyncpg.Pool | None = None
         self._tx: Any = None  # the batch's transaction, from `fetch` to `commit` or `discard`
@@ -141,7 +159,7 @@ class PostgresLedger:
         await asyncio.to_thread(migrate_postgres, self._url)
         db = await self._connection()
         self._readers = await asyncpg.create_pool(self._url, min_size=1, max_size=READ_CONNECTIONS)
-        rows = await db.fetch(f"SELECT {ACCOUNT_COLUMNS} FROM accounts")
+        rows = await db.fetch(f"SELECT {_ACCOUNT_SELECT} FROM accounts")
         accounts = {a.login: a for a in map(account_from_row, rows)}
         newest = int(await db.fetchval("SELECT COALESCE(MAX(ord), 0) FROM records"))
         records = latest_records(
@@ -221,7 +239,7 @@ class PostgresLedger:
         accounts = [
             account_from_row(row)
             for row in await db.fetch(
-                f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE login = ANY($1::bigint[])"
+                f"SELECT {_ACCOUNT_SELECT} FROM accounts WHERE login = ANY($1::bigint[])"
                 " ORDER BY login FOR UPDATE",
                 sorted(logins),
             )
@@ -284,15 +302,16 @@ class PostgresLedger:
                 "UPDATE accounts AS a SET grp = n.grp, name = n.name, email = n.email,"
                 " password_hash = n.password_hash, leverage = n.leverage, enable = n.enable,"
                 " currency = n.currency, digits = n.digits, balance = n.balance,"
-                " credit = n.credit, registration_time = n.registration_time"
-                f" FROM ({_unnest(_ACCOUNT_TYPES)}) AS n ({ACCOUNT_COLUMNS})"
+                " credit = n.credit, registration_time = n.registration_time,"
+                " version = n.version"
+                f" FROM ({_unnest(_ACCOUNT_TYPES)}) AS n ({_ACCOUNT_SELECT})"
                 " WHERE a.login = n.login",
-                *_columns([_account_row(a) for a in updated], 12),
+                *_columns([_account_row(a) for a in updated], 13),
             )
         if created:  # a login another node took meanwhile fails the batch, never overwrites
             await db.execute(
-                f"INSERT INTO accounts ({ACCOUNT_COLUMNS}) {_unnest(_ACCOUNT_TYPES)}",
-                *_columns([_account_row(a) for a in created], 12),
+                f"INSERT INTO accounts ({_ACCOUNT_SELECT}) {_unnest(_ACCOUNT_TYPES)}",
+                *_columns([_account_row(a) for a in created], 13),
             )
         if batch.records:
             await db.copy_records_to_table(
@@ -310,6 +329,8 @@ class PostgresLedger:
                 " created_at = EXCLUDED.created_at",  # the expired key this one replaces
                 *_columns([_key_row(k) for k in keys], 6),
             )
+        if batch.events:
+            await self._outbox(db, batch.events)
         if batch.journal:
             rows = _last_per_key(batch.journal)
             await db.execute(
@@ -322,6 +343,29 @@ class PostgresLedger:
                     [(*row[:12], row.answer_json.decode(), row.created_at) for row in rows], 14
                 ),
             )
+
+    async def _outbox(self, db: asyncpg.Connection, events: list[AccountEvent]) -> None:
+        """The batch's account events, and one NOTIFY naming the batch (sent at commit)."""
+        number = await db.fetchval("SELECT nextval('event_batches')")
+        await db.execute(
+            "INSERT INTO account_events (login, version, batch, event_type, data, account)"
+            f" {_unnest('bigint[], bigint[], bigint[], integer[], text[], text[]')}",
+            *_columns(
+                [
+                    (
+                        e.login,
+                        e.version,
+                        number,
+                        e.event_type,
+                        None if e.data_json is None else e.data_json.decode(),
+                        orjson.dumps(_account_json(e.account)).decode(),
+                    )
+                    for e in events
+                ],
+                6,
+            ),
+        )
+        await db.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{self.node} {number}")
 
     async def _purge(self, db: asyncpg.Connection, batch: Batch) -> None:
         """Delete expired keys and journal rows past retention, outside the batch's transaction
@@ -337,6 +381,11 @@ class PostgresLedger:
                 await db.execute(
                     _purge_sql("settlement_journal"), batch.prune_journal_until, PURGE_ROWS
                 )
+            await db.execute(
+                _purge_sql("account_events"),  # on the database's clock: they carry its time
+                await db.fetchval("SELECT extract(epoch FROM now())::float8 - $1", EVENT_AGE_S),
+                PURGE_ROWS,
+            )
         except _ERRORS as exc:
             self._broken(exc)
 
@@ -401,9 +450,82 @@ class PostgresLedger:
         except _ERRORS as exc:
             raise StorageError(f"ledger read failed: {exc}") from exc
 
+    # -- other nodes' events ----------------------------------------------------------------------
+
+    async def peer_events(self) -> AsyncIterator[PeerEvents]:
+        """LISTEN on a connection of its own; each NOTIFY from another node brings its batch's
+        events. After every (re)connect, first a catch-up: what was committed while this node
+        was not listening is read from the outbox (`events_after`)."""
+        delay = 0.1
+        while not self._closed:
+            try:
+                listener = await asyncpg.connect(self._url)
+            except _ERRORS as exc:
+                log.warning("peer_listener_unavailable", error=str(exc), retry_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            delay = 0.1
+            try:
+                async for events in self._listen(listener):
+                    yield events
+                log.warning("peer_listener_lost")
+            except _ERRORS as exc:
+                log.warning("peer_listener_lost", error=str(exc))
+            finally:
+                listener.terminate()
+
+    async def _listen(self, listener: asyncpg.Connection) -> AsyncIterator[PeerEvents]:
+        """A catch-up, then each other node's batch as its NOTIFY arrives, until the connection
+        is lost."""
+        notes: asyncio.Queue[str | None] = asyncio.Queue()
+        listener.add_termination_listener(lambda _: notes.put_nowait(None))
+        await listener.add_listener(CHANNEL, lambda *args: notes.put_nowait(args[3]))
+        yield PeerEvents([], catch_up=True)
+        while (note := await notes.get()) is not None:
+            node, _, number = note.partition(" ")
+            if node == self.node:
+                continue
+            rows = await listener.fetch(
+                f"SELECT {_EVENT_COLUMNS} FROM account_events WHERE batch = $1"
+                " ORDER BY login, version",
+                int(number),
+            )
+            yield PeerEvents([_event(row) for row in rows])
+
+    async def events_after(
+        self, known: dict[int, int], others: bool = False
+    ) -> tuple[list[AccountEvent], list[Account]]:
+        join = "LEFT JOIN" if others else "JOIN"
+        logins, versions = list(known), list(known.values())
+        newer = (
+            "WITH k(login, version) AS (SELECT * FROM unnest($1::bigint[], $2::bigint[])),"
+            " newer AS (SELECT a.login, coalesce(k.version, 0) AS known FROM accounts AS a"
+            f" {join} k ON a.login = k.login WHERE a.version > coalesce(k.version, 0))"
+        )
+        try:
+            async with self._pool().acquire() as db, _snapshot(db):
+                rows = await db.fetch(
+                    f"{newer} SELECT {', '.join('e.' + c for c in _EVENT_COLUMNS.split(', '))}"
+                    " FROM account_events AS e JOIN newer AS n"
+                    " ON e.login = n.login AND e.version > n.known ORDER BY e.login, e.version",
+                    logins,
+                    versions,
+                )
+                accounts = await db.fetch(
+                    f"{newer} SELECT {_ACCOUNT_SELECT} FROM accounts"
+                    " WHERE login IN (SELECT login FROM newer) ORDER BY login",
+                    logins,
+                    versions,
+                )
+        except _ERRORS as exc:
+            raise StorageError(f"ledger read failed: {exc}") from exc
+        return [_event(row) for row in rows], [account_from_row(row) for row in accounts]
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def close(self) -> None:
+        self._closed = True
         await self.discard()
         if self._readers is not None:
             await self._readers.close()
@@ -411,6 +533,7 @@ class PostgresLedger:
             await self._writer.close()
 
     def abandon(self) -> None:
+        self._closed = True
         if self._readers is not None:
             self._readers.terminate()
         if self._writer is not None:
@@ -456,8 +579,24 @@ def _purge_sql(table: str) -> str:
 def _account_row(a: Account) -> tuple[object, ...]:
     return (
         a.login, a.group, a.name, a.email, a.password_hash, a.leverage, a.enable, a.currency,
-        a.digits, Decimal(a.balance), Decimal(a.credit), a.registration_time,
+        a.digits, a.balance, a.credit, a.registration_time, a.version,
     )  # fmt: skip
+
+
+def _account_json(a: Account) -> list[object]:
+    """An account as its outbox row keeps it: the columns in order, money as decimal text."""
+    return [*a[:9], str(a.balance), str(a.credit), a.registration_time, a.version]
+
+
+def _event(row: Any) -> AccountEvent:
+    login, version, event_type, data, account = row
+    return AccountEvent(
+        int(login),
+        int(version),
+        None if event_type is None else int(event_type),
+        None if data is None else str(data).encode(),
+        account_from_row(orjson.loads(account)),
+    )
 
 
 def _record_row(r: FinanceRecord) -> tuple[object, ...]:

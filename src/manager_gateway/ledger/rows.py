@@ -34,7 +34,9 @@ CURRENT_VERSION = (
 
 
 def account_from_row(row: Iterable[Any]) -> Account:
-    (login, grp, name, email, pwd, leverage, enable, currency, digits, balance, credit, reg) = row
+    """From `ACCOUNT_COLUMNS`, and a shared ledger's `version` after them."""
+    (login, grp, name, email, pwd, leverage, enable, currency, digits, balance, credit, reg,
+     *version) = row  # fmt: skip
     return Account(
         int(login),
         str(grp),
@@ -48,6 +50,7 @@ def account_from_row(row: Iterable[Any]) -> Account:
         Decimal(str(balance)),
         Decimal(str(credit)),
         int(reg),
+        int(version[0]) if version else 0,
     )
 
 

@@ -8,16 +8,18 @@ and commits stay in order; client reads of history run on `READ_THREADS` more, b
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from ..runtime.records import FinanceRecord
+from ..runtime.records import Account, FinanceRecord
 from ..runtime.storage import (
+    AccountEvent,
     Batch,
     Found,
     HistoryReader,
     Lookup,
+    PeerEvents,
     RecordFilter,
     Snapshot,
     Storage,
@@ -73,6 +75,15 @@ class ThreadedLedger:
 
     async def journal_rows(self) -> int:
         return await self._on(self._readers, self._history().journal_rows)
+
+    async def peer_events(self) -> AsyncIterator[PeerEvents]:
+        return  # the only writer: there are no other nodes
+        yield  # an async generator that yields nothing
+
+    async def events_after(
+        self, known: dict[int, int], others: bool = False
+    ) -> tuple[list[AccountEvent], list[Account]]:
+        return [], []
 
     async def close(self) -> None:
         self._readers.shutdown(wait=True)

@@ -29,9 +29,18 @@ from ..config import GroupConfig
 from ..protocol.errors import GatewayError, IdempotencyMismatch, InternalError, ShuttingDown
 from ..waiters import WaiterRegistry
 from .operations import Effect, Operation, OpKind, apply_add_user, apply_delete, apply_finance
+from .peers import AccountEvents
 from .records import Account, FinanceRecord
 from .state import KeyEntry, State, Transaction
-from .storage import Found, IdempotencyKey, Ledger, Lookup, RecordFilter, StorageError
+from .storage import (
+    AccountEvent,
+    Found,
+    IdempotencyKey,
+    Ledger,
+    Lookup,
+    RecordFilter,
+    StorageError,
+)
 
 #: A 500 for a commit whose outcome the database could not confirm (see StorageError).
 UNKNOWN_OUTCOME = (
@@ -88,7 +97,9 @@ class MainLoop:
         self._queue: list[Operation] = []
         self._wake: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._peers: asyncio.Task[None] | None = None  # a shared ledger's other nodes' events
         self._closing = False
+        self.events: AccountEvents
         self.state: State
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -96,6 +107,9 @@ class MainLoop:
     async def start(self) -> None:
         snapshot = await self._ledger.load(self._window)
         self.state = State(snapshot, self._window)
+        self.events = AccountEvents(self.state, self._sink, self._ledger)
+        if self._ledger.shared:
+            self._peers = asyncio.create_task(self.events.follow(), name="peer-events")
         self._task = asyncio.create_task(self._run(), name="main-loop")
         log.info(
             "main_loop_started",
@@ -130,11 +144,20 @@ class MainLoop:
             _tell_decided(self._queue)
             log.error("ledger_abandoned", timeout_s=timeout_s, queued=len(self._queue))
             self._queue.clear()
+            await self._stop_peers()
             self._ledger.abandon()
             return False
         self._task = None
+        await self._stop_peers()
         await self._ledger.close()
         return True
+
+    async def _stop_peers(self) -> None:
+        if self._peers is not None:
+            self._peers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._peers
+            self._peers = None
 
     def submit(self, op: Operation) -> None:
         if self._closing:
@@ -224,6 +247,8 @@ class MainLoop:
                 self._reject(op, InternalError())
                 continue
             if effect is not None:
+                if self._ledger.shared and effect.account is not None:
+                    _stamp(tx, effect)
                 applied.append((op, effect))
         if not applied:
             return
@@ -246,7 +271,7 @@ class MainLoop:
         commit_ms = (time.perf_counter() - commit_started) * 1000
         if self._observer is not None:
             self._observer.batch_committed(len(applied), commit_ms / 1000)
-        self.state.apply(tx)
+        self.state.apply(tx, accounts=not self._ledger.shared)
         for op, effect in applied:
             try:
                 self._announce(op, effect)
@@ -376,7 +401,12 @@ class MainLoop:
             if follower.future is not None and not follower.future.done():
                 follower.future.set_result(effect.outcome[follower.answer])
         record = effect.record
-        if record is not None and effect.event_type is not None and effect.account is not None:
+        if effect.event is not None:  # a shared ledger: other nodes' events may come first
+            self.events.deliver(effect.event)
+            data_json = effect.event.data_json
+            if record is not None and effect.event_type is not None and data_json is not None:
+                self._waiters.on_trade_event(effect.event_type, record.order, data_json)
+        elif record is not None and effect.event_type is not None and effect.account is not None:
             data_json = orjson.dumps(effect.outcome["record"])
             self._waiters.on_trade_event(effect.event_type, record.order, data_json)
             self._sink.trade_event(effect.event_type, effect.account, data_json)
@@ -408,6 +438,21 @@ class MainLoop:
     async def journal_rows(self) -> int:
         """Rows in the settlement journal (a gauge)."""
         return await self._ledger.journal_rows()
+
+
+def _stamp(tx: Transaction, effect: Effect) -> None:
+    """Give a shared ledger's change of an account its next version, and its outbox row."""
+    assert effect.account is not None
+    account = effect.account._replace(version=effect.account.version + 1)
+    tx.put_account(account)
+    effect.account = account
+    data_json = None
+    if effect.record is not None and effect.event_type is not None:
+        data_json = orjson.dumps(effect.outcome["record"])
+    effect.event = AccountEvent(
+        account.login, account.version, effect.event_type, data_json, account
+    )
+    tx.batch.events.append(effect.event)
 
 
 def _everything_touched(ops: list[Operation]) -> Lookup:

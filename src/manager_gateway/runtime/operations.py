@@ -30,6 +30,7 @@ from ..waiters import Waiter
 from .journal import JournalKey
 from .records import ZERO, Account, FinanceRecord, RecordEvent, TradeState, is_credit
 from .state import Transaction
+from .storage import AccountEvent
 
 # Plain ints go into records (see records.py: IntEnum members would keep them GC-tracked).
 CLOSED = int(TradeState.CLOSED_NORMAL)
@@ -80,6 +81,8 @@ class Effect:
     # The outcome was committed by an earlier batch (a settlement replay): answer it at once,
     # with nothing to write.
     durable: bool = False
+    # A shared ledger's record of the change, for every node's sessions (set by the main loop).
+    event: AccountEvent | None = None
 
 
 def _visible_account(tx: Transaction, access: Access, login: int) -> Account:

@@ -101,6 +101,9 @@ class Account(NamedTuple):
     balance: Decimal
     credit: Decimal
     registration_time: int
+    # A shared ledger's count of this account's changes, assigned under its row lock: the order
+    # every node delivers its events in. Always 0 on the embedded ledger.
+    version: int = 0
 
     def with_money(self, balance: Decimal, credit: Decimal) -> Account:
         """This account with new money (spelled out: NamedTuple._replace costs 3x as much)."""
@@ -117,6 +120,7 @@ class Account(NamedTuple):
             balance,
             credit,
             self.registration_time,
+            self.version,
         )
 
     def balance_wire(self) -> dict[str, Any]:

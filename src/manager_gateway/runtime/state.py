@@ -128,9 +128,11 @@ class State:
         for account in found.accounts:
             self.accounts[account.login] = account
 
-    def apply(self, tx: Transaction) -> None:
-        """Publish a durably committed transaction."""
-        self.accounts.update(tx.accounts)
+    def apply(self, tx: Transaction, accounts: bool = True) -> None:
+        """Publish a durably committed transaction (a shared ledger's accounts are published by
+        their events instead: another node's newer version may have arrived first)."""
+        if accounts:
+            self.accounts.update(tx.accounts)
         records = self._records
         for record in tx.batch.records:
             records[record.order] = tuple(record)

@@ -12,6 +12,7 @@ older rows that batch needs, and reads for clients go to the ledger too.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -31,6 +32,26 @@ class IdempotencyKey(NamedTuple):
     created_at: float
 
 
+class AccountEvent(NamedTuple):
+    """One change of an account, as a shared ledger keeps it for the other nodes (its outbox):
+    `version` orders an account's events on every node; `event_type` and `data_json` are the
+    `trade:event` it caused (None: a change with no trade event, such as AddUser)."""
+
+    login: int
+    version: int
+    event_type: int | None
+    data_json: bytes | None
+    account: Account  # as it is after the change
+
+
+class PeerEvents(NamedTuple):
+    """What a shared ledger's feed hands over: other nodes' events, in (login, version) order,
+    or, when `catch_up` is set, nothing yet: the feed (re)connected and may have missed some."""
+
+    events: list[AccountEvent]
+    catch_up: bool = False
+
+
 @dataclass(slots=True)
 class Batch:
     """Everything one group commit writes, in one transaction."""
@@ -39,6 +60,7 @@ class Batch:
     records: list[FinanceRecord] = field(default_factory=list)
     keys: list[IdempotencyKey] = field(default_factory=list)
     journal: list[JournalRow] = field(default_factory=list)  # inserted or replaced, in order
+    events: list[AccountEvent] = field(default_factory=list)  # shared ledgers only
     # Housekeeping in the same transaction, before the inserts above: keys created at or before
     # `expire_keys_until` are deleted, and so are journal rows created at or before
     # `prune_journal_until` (a row this batch writes again is inserted after, so it stays).
@@ -136,6 +158,18 @@ class Ledger(Protocol):
 
     async def journal_rows(self) -> int:
         """Rows in the settlement journal."""
+
+    def peer_events(self) -> AsyncIterator[PeerEvents]:
+        """A shared ledger's feed of the events other nodes commit, for as long as it is open
+        (it reconnects by itself); an embedded ledger's ends at once."""
+
+    async def events_after(
+        self, known: dict[int, int], others: bool = False
+    ) -> tuple[list[AccountEvent], list[Account]]:
+        """Every event newer than `known` (login -> last version delivered), and with `others`
+        of every account `known` does not name, in (login, version) order; and those accounts
+        as they are now, read in the same snapshot (events pruned before a catch-up leave only
+        the account to show)."""
 
     async def close(self) -> None: ...
 
