@@ -20,6 +20,7 @@ import structlog.testing
 
 from manager_gateway.config import Settings, load_settings
 from manager_gateway.ledger.threaded import ThreadedLedger
+from manager_gateway.ledger.verify import verify_ledger, verify_postgres
 from manager_gateway.runtime.storage import Storage
 from manager_gateway.server.app import Gateway
 from manager_gateway.session.access import SessionType
@@ -186,6 +187,15 @@ class Harness:
     ) -> None:
         await client.ok("AddUser", {**DEMO_USER, "login": login, "group": group, **fields})
 
+    def verification(self) -> tuple[list[str], str]:
+        """`ledger verify` of this gateway's ledger, whichever engine: (problems, summary)."""
+        url = self.gateway.settings.ledger_url
+        return verify_postgres(url) if url else verify_ledger(self.data_dir)
+
+    def verify(self) -> list[str]:
+        """`ledger verify`'s problems with this gateway's ledger."""
+        return self.verification()[0]
+
     async def close_clients(self) -> None:
         for client in self.clients:
             await client.close()
@@ -253,6 +263,10 @@ def ledger_url() -> str:
     """The ledger a test's gateways use: "" is the embedded SQLite. A module that runs on both
     engines overrides this fixture, parametrized over ENGINES, with `engine_url`."""
     return ""
+
+
+#: For a test that uses a test double of the SQLite engine, in a module that runs on both.
+SQLITE_ONLY = pytest.mark.parametrize("ledger_url", [""], ids=["sqlite"])
 
 
 def engine_url(request: pytest.FixtureRequest) -> str:

@@ -18,7 +18,7 @@ import structlog
 from .config import Settings, load_settings
 from .ledger.migrate import MigrationError, migrate_postgres, migrate_sqlite
 from .ledger.sqlite import LEDGER_FILE
-from .ledger.verify import verify_ledger
+from .ledger.verify import verify_ledger, verify_postgres
 from .logging import configure_logging
 from .server.app import Gateway, signing_secret
 from .session.access import SessionType
@@ -152,7 +152,10 @@ def cmd_ledger_migrate(args: argparse.Namespace) -> int:
 
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    problems, summary = verify_ledger(Path(settings.data_dir))
+    if settings.ledger_url:
+        problems, summary = verify_postgres(settings.ledger_url)
+    else:
+        problems, summary = verify_ledger(Path(settings.data_dir))
     print(summary)
     for problem in problems:
         print(f"MISMATCH {problem}")
@@ -220,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = ledger_sub.add_parser("verify", help="check the ledger's consistency")
     verify.add_argument("--config", help="TOML settings file")
     verify.add_argument("--data-dir", help="the data directory to check")
+    verify.add_argument("--ledger-url", help="a postgresql:// URL (else the SQLite ledger)")
     verify.set_defaults(func=cmd_ledger_verify)
     migrate = ledger_sub.add_parser(
         "migrate", help="bring the ledger's schema up to date (a start does it too)"

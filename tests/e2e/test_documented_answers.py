@@ -6,10 +6,18 @@ them: the 403 example of section 11 and the "token expired" 401 of section 3.
 
 from __future__ import annotations
 
+import pytest
+
 from manager_gateway.session.access import SessionType
 
-from ..conftest import DEMO_USER, GatewayFactory, Harness
+from ..conftest import DEMO_USER, ENGINES, GatewayFactory, Harness, engine_url
 from ..fakes import FakeClock
+
+
+@pytest.fixture(params=ENGINES)
+def ledger_url(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both ledger engines, but those with a test double of SQLite's."""
+    return engine_url(request)
 
 
 async def test_permission_denied_names_the_command_and_session_type(gw: Harness) -> None:

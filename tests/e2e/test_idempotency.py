@@ -5,11 +5,29 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from manager_gateway.ledger.verify import verify_ledger
+import pytest
+
 from manager_gateway.session.access import SessionType
 
-from ..conftest import DEMO_USER, Client, GatewayFactory, Harness, ledger, wait_until
+from ..conftest import (
+    DEMO_USER,
+    ENGINES,
+    SQLITE_ONLY,
+    Client,
+    GatewayFactory,
+    Harness,
+    engine_url,
+    ledger,
+    wait_until,
+)
 from ..fakes import FakeClock
+
+
+@pytest.fixture(params=ENGINES)
+def ledger_url(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both ledger engines, but those with a test double of SQLite's."""
+    return engine_url(request)
+
 
 LOGIN = 5001
 CREDIT = {"login": LOGIN, "amount": 125.5, "comment": "bonus"}
@@ -88,6 +106,7 @@ async def test_another_subject_with_same_ext_id_is_a_separate_operation(gw: Harn
     assert await trade_count(first_conn) == 2
 
 
+@SQLITE_ONLY
 async def test_in_flight_duplicates_in_one_batch_share_one_outcome(
     make_gateway: GatewayFactory,
 ) -> None:
@@ -121,6 +140,7 @@ async def test_in_flight_duplicates_in_one_batch_share_one_outcome(
     assert waiters.pending_count() == 0
 
 
+@SQLITE_ONLY
 async def test_duplicate_sent_while_the_first_is_committing(make_gateway: GatewayFactory) -> None:
     """A duplicate arriving while the first one's commit is stalled waits for the same outcome."""
     gw = await make_gateway(gated=True)
@@ -201,7 +221,7 @@ async def test_add_user_retry_answers_the_same_login(gw: Harness) -> None:
     assert explicit["login"] == LOGIN
     assert await ok(client, "AddUser", {**user, "login": LOGIN}, "user-2") == explicit
     assert (await client.request("AddUser", {**user, "login": LOGIN}))["error"] == "USER_EXISTS"
-    problems, summary = verify_ledger(gw.data_dir)
+    problems, summary = gw.verification()
     assert problems == []
     assert summary.startswith("accounts=2 ")
 
@@ -227,11 +247,12 @@ async def test_keys_survive_a_restart(make_gateway: GatewayFactory) -> None:
     assert mismatch["error"] == "IDEMPOTENCY_MISMATCH"
     assert await money(client) == (70.0, 125.5)
     assert await trade_count(client) == 2
-    problems, summary = verify_ledger(gw.data_dir)
+    problems, summary = gw.verification()
     assert problems == []
     assert summary.startswith("accounts=2 orders=2 ")
 
 
+@SQLITE_ONLY
 async def test_sync_retry_after_timeout_gets_the_completed_record(
     make_gateway: GatewayFactory,
 ) -> None:
@@ -273,4 +294,4 @@ async def test_key_expires_after_ttl(make_gateway: GatewayFactory) -> None:
     assert await ok(client, "CreditInSync", CREDIT, "ttl-1") == renewed
     assert await money(client) == (0.0, 251.0)
     assert await trade_count(client) == 2
-    assert verify_ledger(gw.data_dir)[0] == []
+    assert gw.verify() == []

@@ -154,6 +154,7 @@ async def test_concurrent_credits_and_debits_on_one_account_from_three_nodes(
     for gateway in gateways:
         account = await (await gateway.client()).ok("GetAccountByLogin", {"login": HOT})
         assert Decimal(str(account["balance"])) == expected
+    assert gateways[0].verify() == []
 
 
 async def test_one_ext_id_sent_to_two_nodes_at_once_is_applied_once(
@@ -171,6 +172,7 @@ async def test_one_ext_id_sent_to_two_nodes_at_once_is_applied_once(
         assert first["data"] == second["data"]
     assert stored(ledger_url, "SELECT count(*), sum(profit) FROM records") == [(20, 20)]
     assert stored(ledger_url, "SELECT balance FROM accounts") == [(Decimal(20),)]
+    assert a.verify() == []
 
 
 async def test_an_adjustment_and_its_cancel_on_different_nodes(
@@ -198,3 +200,21 @@ async def test_an_adjustment_and_its_cancel_on_different_nodes(
         ledger_url,
         "SELECT kind, cancelled_by IS NOT NULL FROM settlement_journal ORDER BY kind",
     ) == [("adjustment", True), ("cancel", False)]
+    assert a.verify() == []
+
+
+async def test_ledger_verify_reads_postgresql_and_finds_what_was_changed_behind_its_back(
+    make_gateway: GatewayFactory, tmp_path: Path, ledger_url: str
+) -> None:
+    (a,) = await nodes(make_gateway, tmp_path, 1)
+    client = await a.client()
+    await a.add_user(client, HOT)
+    await client.ok("BalanceInSync", {"login": HOT, "amount": 10})
+    assert a.verify() == []
+    with psycopg.connect(ledger_url) as db:
+        db.execute("UPDATE accounts SET balance = balance + 1")
+        db.execute("ALTER SEQUENCE order_numbers RESTART WITH 1")
+    assert a.verify() == [
+        f"account {HOT}: balance 11.00, records sum to 10.00",
+        "order sequence 1 is not ahead of order 1",
+    ]

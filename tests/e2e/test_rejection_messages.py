@@ -8,10 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager_gateway.ledger.verify import verify_ledger
+import pytest
 
-from ..conftest import DEMO_USER, GatewayFactory, Harness
+from ..conftest import DEMO_USER, ENGINES, GatewayFactory, Harness, engine_url
 from ..fakes import FakeClock
+
+
+@pytest.fixture(params=ENGINES)
+def ledger_url(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both ledger engines, but those with a test double of SQLite's."""
+    return engine_url(request)
 
 
 async def refusal(client: Any, command: str, data: dict[str, Any]) -> tuple[int, str, str]:
@@ -118,7 +124,7 @@ async def test_an_update_takes_the_times_it_is_given_and_a_delete_stamps_its_own
     frozen_clock.advance(60)
     await client.ok("DeleteBalance", {"order": order})
     assert await record_times() == (created_at - 3600, created_at - 1800, created_at + 180)
-    problems, summary = verify_ledger(gw.data_dir)  # versions 1..4 of the one order
+    problems, summary = gw.verification()  # versions 1..4 of the one order
     assert (problems, summary.split()[1]) == ([], "orders=1")
 
 

@@ -18,10 +18,18 @@ from gateway_bench.settlement.kit import run_kit
 from gateway_bench.settlement.kitreport import KitOptions
 from gateway_bench.settlement.simspec import SimulationSpec
 from gateway_bench.settlement.simulator import run_simulation
-from manager_gateway.ledger.verify import verify_ledger
 from manager_gateway.settlement.http import ADJUST, AMOUNT, CANCEL, TRANSFER
 
-from ..conftest import Client, GatewayFactory, Harness, ledger, wait_until
+from ..conftest import (
+    ENGINES,
+    SQLITE_ONLY,
+    Client,
+    GatewayFactory,
+    Harness,
+    engine_url,
+    ledger,
+    wait_until,
+)
 from ..platform import (
     Platform,
     adjustment,
@@ -32,6 +40,13 @@ from ..platform import (
     settlement_gateway,
     transfer,
 )
+
+
+@pytest.fixture(params=ENGINES)
+def ledger_url(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both ledger engines, but those with a test double of SQLite's."""
+    return engine_url(request)
+
 
 LOGIN = 1001
 OTHER = 1002
@@ -66,7 +81,7 @@ async def world(make_gateway: GatewayFactory, session: aiohttp.ClientSession) ->
 
 
 def assert_verifies(h: Harness) -> None:
-    problems, _ = verify_ledger(h.data_dir)
+    problems = h.verify()
     assert problems == []
 
 
@@ -332,6 +347,7 @@ async def test_adjustments_reach_tcp_sessions_as_events(world: World) -> None:
 # -- budget, failures, shutdown --------------------------------------------------------------
 
 
+@SQLITE_ONLY
 async def test_past_the_budget_then_the_cancel_finds_the_outcome(
     make_gateway: GatewayFactory, session: aiohttp.ClientSession
 ) -> None:
@@ -355,6 +371,7 @@ async def test_past_the_budget_then_the_cancel_finds_the_outcome(
     assert_verifies(world.h)
 
 
+@SQLITE_ONLY
 async def test_a_failed_commit_moves_nothing(
     make_gateway: GatewayFactory, session: aiohttp.ClientSession
 ) -> None:

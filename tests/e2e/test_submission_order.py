@@ -10,8 +10,24 @@ from typing import Any
 
 import pytest
 
-from ..conftest import DEMO_USER, GatewayFactory, Harness, ledger, wait_until
+from ..conftest import (
+    DEMO_USER,
+    ENGINES,
+    SQLITE_ONLY,
+    GatewayFactory,
+    Harness,
+    engine_url,
+    ledger,
+    wait_until,
+)
 from .test_read_your_writes import LOGIN, answers, pipeline, world
+
+
+@pytest.fixture(params=ENGINES)
+def ledger_url(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both ledger engines, but those with a test double of SQLite's."""
+    return engine_url(request)
+
 
 # The finance writes that apply to a fresh account: (command, data, (balance, credit) after).
 FIRST_WRITES: list[tuple[str, dict[str, Any], tuple[float, float]]] = [
@@ -39,6 +55,7 @@ async def test_a_write_never_overtakes_an_adduser_before_it(
     assert (account["balance"], account["credit"]) == money
 
 
+@SQLITE_ONLY
 async def test_closing_a_connection_leaves_other_sessions_sync_requests(
     make_gateway: GatewayFactory,
 ) -> None:

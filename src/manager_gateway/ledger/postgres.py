@@ -262,7 +262,7 @@ class PostgresLedger:
             records,
             accounts,
             await _numbers(db, "order_numbers", lookup.new_orders),
-            await _numbers(db, "login_numbers", lookup.new_logins),
+            await _free_logins(db, lookup.new_logins),
         )
 
     async def commit(self, batch: Batch) -> None:
@@ -538,6 +538,20 @@ class PostgresLedger:
             self._readers.terminate()
         if self._writer is not None:
             self._writer.terminate()
+
+
+async def _free_logins(db: asyncpg.Connection, count: int) -> list[int]:
+    """`count` logins from the sequence that no account has (an AddUser may name its own login,
+    so the sequence can run into one)."""
+    free: list[int] = []
+    while len(free) < count:
+        wanted = await _numbers(db, "login_numbers", count - len(free))
+        taken = await db.fetchval(
+            "SELECT coalesce(array_agg(login), '{}') FROM accounts WHERE login = ANY($1::bigint[])",
+            wanted,
+        )
+        free.extend(login for login in wanted if login not in set(taken))
+    return free
 
 
 def _snapshot(db: Any) -> Any:

@@ -1,10 +1,11 @@
 """`ledger verify`: recompute everything derivable from the finance history and compare.
 
-Checks: SQLite's own integrity; every order's versions run 1..n with one login and one kind; each
-account's balance and credit equal the sum of its live (not deleted) records and are not negative;
-the order sequence is ahead of every order; every idempotency key points at what it answered;
-every settlement adjustment or transfer that moved money has its record, and every reversal its
-deletion.
+Either engine: `verify_ledger` for the SQLite file, `verify_postgres` for a PostgreSQL ledger.
+Checks: SQLite's own integrity (on SQLite); every order's versions run 1..n with one login and
+one kind; each account's balance and credit equal the sum of its live (not deleted) records and
+are not negative; the order sequence is ahead of every order; every idempotency key points at what
+it answered; every settlement adjustment or transfer that moved money has its record, and every
+reversal its deletion.
 """
 
 from __future__ import annotations
@@ -13,33 +14,61 @@ import sqlite3
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import orjson
+import psycopg
 
 from ..runtime.records import TradeState, is_credit
 from .sqlite import LEDGER_FILE
 
 
 def verify_ledger(data_dir: Path) -> tuple[list[str], str]:
-    """(problems, one-line summary); no problems means consistent."""
+    """The SQLite ledger in `data_dir`: (problems, one-line summary); none means consistent."""
     path = data_dir / LEDGER_FILE
     if not path.is_file():
         return [f"no ledger at {path}"], "nothing to verify"
     db = sqlite3.connect(path)
     try:
-        return _verify(db)
+        problems: list[str] = []
+        integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+        if integrity != "ok":
+            problems.append(f"sqlite integrity_check: {integrity}")
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        has_journal = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'settlement_journal'"
+        ).fetchone()
+        return _verify(db, problems, int(meta.get("next_order", 1)), bool(has_journal))
     except sqlite3.DatabaseError as exc:  # a damaged page: say so, as a problem, not a traceback
         return [f"sqlite could not read the ledger: {exc}"], "unreadable"
     finally:
         db.close()
 
 
-def _verify(db: sqlite3.Connection) -> tuple[list[str], str]:
-    problems: list[str] = []
-    integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
-    if integrity != "ok":
-        problems.append(f"sqlite integrity_check: {integrity}")
+def verify_postgres(url: str) -> tuple[list[str], str]:
+    """The PostgreSQL ledger at `url`, read in one snapshot, so it may run while nodes write:
+    (problems, one-line summary)."""
+    try:
+        db = psycopg.connect(url)
+    except psycopg.Error as exc:
+        return [f"cannot connect to the ledger: {exc}"], "unreachable"
+    try:
+        db.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        db.read_only = True
+        row = db.execute("SELECT last_value, is_called FROM order_numbers").fetchone()
+        last, called = row if row is not None else (0, True)
+        next_order = int(last) + 1 if called else int(last)
+        return _verify(db, [], next_order, True)
+    except psycopg.Error as exc:
+        return [f"postgresql could not read the ledger: {exc}"], "unreadable"
+    finally:
+        db.close()
 
+
+def _verify(
+    db: Any, problems: list[str], next_order: int, has_journal: bool
+) -> tuple[list[str], str]:
+    """The checks, on a DB-API connection of either engine (the queries are plain SQL)."""
     latest_profit: dict[int, Decimal] = {}
     first_profit: dict[int, Decimal] = {}
     versions: dict[int, tuple[int, int, bool, int]] = {}  # order -> (version, login, credit, state)
@@ -79,8 +108,6 @@ def _verify(db: sqlite3.Connection) -> tuple[list[str], str]:
     for login in expected_money:
         problems.append(f"records of login {login}, which has no account")
 
-    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-    next_order = int(meta.get("next_order", 1))
     if versions and max(versions) >= next_order:
         problems.append(f"order sequence {next_order} is not ahead of order {max(versions)}")
 
@@ -104,7 +131,7 @@ def _verify(db: sqlite3.Connection) -> tuple[list[str], str]:
         else:
             problems.append(f"{name}: outcome names neither an order nor a login")
 
-    journal = _verify_journal(db, versions, first_profit, problems)
+    journal = _verify_journal(db, versions, first_profit, problems) if has_journal else 0
     summary = (
         f"accounts={len(accounts)} orders={len(versions)} next_order={next_order} "
         f"idempotency_keys={keys} settlement_journal={journal}"
@@ -113,14 +140,12 @@ def _verify(db: sqlite3.Connection) -> tuple[list[str], str]:
 
 
 def _verify_journal(
-    db: sqlite3.Connection,
+    db: Any,
     versions: dict[int, tuple[int, int, bool, int]],
     first_profit: dict[int, Decimal],
     problems: list[str],
 ) -> int:
     """Settlement journal against the records; the number of rows checked."""
-    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'settlement_journal'").fetchone():
-        return 0  # a ledger from before settlement existed
     rows = {
         (company, space, number): (kind, code, login, order, Decimal(amount), reverses, cancelled)
         for company, space, number, kind, code, login, order, amount, reverses, cancelled in (
