@@ -138,7 +138,9 @@ class PostgresLedger:
         failover: the batch that saw it was answered 500, the next one goes on)."""
         if self._writer is None or self._writer.is_closed():
             try:
-                self._writer = await asyncpg.connect(self._url)
+                self._writer = await asyncpg.connect(
+                    self._url, server_settings={"application_name": f"gateway-{self.node}-writer"}
+                )
             except _ERRORS as exc:
                 raise StorageError(f"cannot connect to the ledger: {exc}") from exc
         return self._writer
@@ -459,7 +461,9 @@ class PostgresLedger:
         delay = 0.1
         while not self._closed:
             try:
-                listener = await asyncpg.connect(self._url)
+                listener = await asyncpg.connect(
+                    self._url, server_settings={"application_name": f"gateway-{self.node}-events"}
+                )
             except _ERRORS as exc:
                 log.warning("peer_listener_unavailable", error=str(exc), retry_s=delay)
                 await asyncio.sleep(delay)
