@@ -8,7 +8,9 @@
 4. External Settlement (`settlement_phase.py`): the platform simulator closed loop against a
    gateway's HTTP listener, as long as the CreditInSync 50x4 run; then again with the ledger
    locked from outside for a few seconds half-way through (`settlement-fault`).
-5. History on disk (`history_phase.py`), only when asked for (`--phase history`: it takes long,
+5. PostgreSQL (`postgres_phase.py`): the CreditInSync 50x4 load on SQLite, then on a throwaway
+   PostgreSQL with one node and two, over the load's accounts and on one hot account.
+6. History on disk (`history_phase.py`), only when asked for (`--phase history`: it takes long,
    see BENCHMARKS.md): 2,000,000 `CreditIn` (`--history-operations`) over 1,000 accounts, the
    gateway's memory at half and at the end, a timed restart on that ledger, and `CreditInSync`
    50x4 against the windowed gateway and the in-memory design, interleaved.

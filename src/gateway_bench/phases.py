@@ -5,6 +5,7 @@ its name and the next one still runs, so one problem does not cost the other fig
 scenario gets a gateway of its own so one's memory and state do not colour the next; every
 server's output goes to a log in the output directory. `history` (history_phase.py: millions of
 operations, then restarts) takes long and runs only when asked for (`--phase history`).
+`postgres` (postgres_phase.py) runs the load on SQLite and on PostgreSQL with one and two nodes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .loadgen import LoadError, LoadResult, LoadSpec, run_load
 from .machine import machine_info
 from .monitor import free_port
 from .pending import PendingSpec, prepare_accounts, run_pending
+from .postgres_phase import postgres_text, run_postgres
 from .processes import (
     GatewayProcess,
     ProcessError,
@@ -58,6 +60,7 @@ PHASES = (
     "pending",
     "settlement",
     "settlement-fault",
+    "postgres",
     "history",
 )
 # What runs unless --phase says otherwise: every phase but the long history one.
@@ -157,6 +160,7 @@ class Bench:
                 ("pending", self.pending),
                 ("settlement", self.settlement),
                 ("settlement-fault", self.settlement_fault),
+                ("postgres", self.postgres),
                 ("history", self.history),
             ):
                 if selected(name):
@@ -183,6 +187,7 @@ class Bench:
             settlement=self.scenarios.get("settlement"),
             settlement_fault=self.scenarios.get("settlement-fault"),
             history=self.scenarios.get("history"),
+            postgres=self.scenarios.get("postgres"),
             failures=self.failures,
             wall_time_s=time.perf_counter() - started,
         )
@@ -392,6 +397,18 @@ class Bench:
         self.simulations["settlement-fault"] = simulation
         self.say(simulation.summary())
         self.say(fault_text(result))
+
+    async def postgres(self) -> None:
+        """The load on SQLite, then on PostgreSQL with one node and two, spread and hot."""
+        result = await run_postgres(
+            self.load_spec(0, None),
+            self.data / "postgres",
+            self.out,
+            dict(GATEWAY_SETTINGS),
+            self.say,
+        )
+        self.scenarios["postgres"] = result
+        self.say(postgres_text(result))
 
     async def history(self) -> None:
         """Fill a ledger, restart on it, compare throughput with the in-memory design; the

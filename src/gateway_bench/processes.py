@@ -87,7 +87,7 @@ class GatewayProcess(ServerProcess):
     settings: dict[str, str] = field(default_factory=dict)
 
     def mint_token(self, login: int = 1, role: str = "manager") -> str:
-        return mint_token(self.data_dir, login=login, role=role)
+        return mint_token(self.data_dir, login=login, role=role, settings=self.settings)
 
     @property
     def ledger_path(self) -> Path:
@@ -143,12 +143,17 @@ def start_baseline(
     return ServerProcess("baseline", popen, bound_host, port, log_path)
 
 
-def mint_token(data_dir: Path, login: int = 1, role: str = "manager") -> str:
-    """A token signed with the secret in `data_dir` (`manager-gateway token`)."""
+def mint_token(
+    data_dir: Path, login: int = 1, role: str = "manager", settings: dict[str, str] | None = None
+) -> str:
+    """A token signed with the server's secret (`manager-gateway token` with its settings: the
+    one in `data_dir`, or `jwt_secret` when they set it)."""
     command = gateway_command(
         "token", "--data-dir", str(data_dir), "--login", str(login), "--role", role
     )
-    done = subprocess.run(command, capture_output=True, env=gateway_env(), timeout=60, check=False)
+    done = subprocess.run(
+        command, capture_output=True, env=gateway_env(settings), timeout=60, check=False
+    )
     lines = done.stdout.decode().split()
     if done.returncode != 0 or not lines:
         raise ProcessError(

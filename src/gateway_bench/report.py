@@ -62,6 +62,7 @@ def assemble_results(
     settlement: dict[str, Any] | None = None,
     settlement_fault: dict[str, Any] | None = None,
     history: dict[str, Any] | None = None,
+    postgres: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole results.json document."""
     top = headline(runs)
@@ -80,6 +81,7 @@ def assemble_results(
         "settlement": settlement,
         "settlement_fault": settlement_fault,
         "history": history,
+        "postgres": postgres,
         "failures": failures,
         "wall_time_s": round(wall_time_s, 1),
     }
@@ -96,6 +98,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[Target]:
         *_settlement_targets(results.get("settlement")),
         *_fault_targets(results.get("settlement_fault")),
         *_history_targets(results.get("history")),
+        *_postgres_targets(results.get("postgres")),
     ]
 
 
@@ -608,3 +611,40 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+def _postgres_targets(postgres: dict[str, Any] | None) -> list[Target]:
+    """Issue 11's figures, each a ratio within the run (docs/scaling.md has what they mean)."""
+    goals = [
+        ("postgres: CreditInSync 50x4, one node / SQLite", ">= 0.5", "one_node_vs_sqlite", 0.5),
+        ("postgres: two nodes / one node", ">= 1.0", "two_nodes_vs_one", 1.0),
+        (
+            "postgres: one hot account / spread, two nodes",
+            ">= 0.25",
+            "hot_vs_spread_two_nodes",
+            0.25,
+        ),
+    ]
+    if postgres is None:
+        return [
+            *(Target(name, goal, None, None) for name, goal, _, _ in goals),
+            Target("postgres: errors and mismatches", "== 0", None, None),
+        ]
+    runs = postgres["runs"]
+
+    def rps(*names: str) -> str:
+        return " vs ".join(f"{runs[n]['rps']:,.0f}" if n in runs else "-" for n in names) + " ok/s"
+
+    details = {
+        "one_node_vs_sqlite": rps("pg-1", "sqlite"),
+        "two_nodes_vs_one": rps("pg-2", "pg-1"),
+        "hot_vs_spread_two_nodes": rps("pg-hot-2", "pg-2")
+        + f"; one node {postgres['hot_vs_spread_one_node']}",
+    }
+    return [
+        *(
+            _target(name, goal, postgres[key], _at_least(limit), details[key])
+            for name, goal, key, limit in goals
+        ),
+        _target("postgres: errors and mismatches", "== 0", postgres["errors"], _at_most(0)),
+    ]
