@@ -216,17 +216,19 @@ class PostgresLedger:
                 [k[1] for k in lookup.keys],
             )
         ]
-        journal = [
-            journal_row(row)
-            for row in await db.fetch(
-                f"SELECT {JOURNAL_COLUMNS} FROM settlement_journal"
-                " WHERE (company, space, number) IN"
-                " (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[]))",
-                [k[0] for k in lookup.journal],
-                [k[1] for k in lookup.journal],
-                [k[2] for k in lookup.journal],
-            )
-        ]
+        journal = []
+        if lookup.journal:  # settlement requests only
+            journal = [
+                journal_row(row)
+                for row in await db.fetch(
+                    f"SELECT {JOURNAL_COLUMNS} FROM settlement_journal"
+                    " WHERE (company, space, number) IN"
+                    " (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[]))",
+                    [k[0] for k in lookup.journal],
+                    [k[1] for k in lookup.journal],
+                    [k[2] for k in lookup.journal],
+                )
+            ]
         orders = {*lookup.orders, *(r.finance_order for r in journal if r.finance_order)}
         logins = set(lookup.logins)
         logins.update(r.login for r in journal if r.login is not None)
@@ -347,27 +349,32 @@ class PostgresLedger:
             )
 
     async def _outbox(self, db: asyncpg.Connection, events: list[AccountEvent]) -> None:
-        """The batch's account events, and one NOTIFY naming the batch (sent at commit)."""
-        number = await db.fetchval("SELECT nextval('event_batches')")
+        """The batch's account events under a new batch number, and one NOTIFY naming it (sent
+        at commit), in one statement."""
         await db.execute(
-            "INSERT INTO account_events (login, version, batch, event_type, data, account)"
-            f" {_unnest('bigint[], bigint[], bigint[], integer[], text[], text[]')}",
+            "WITH batch AS (SELECT nextval('event_batches') AS number),"
+            " stored AS (INSERT INTO account_events"
+            " (login, version, batch, event_type, data, account)"
+            " SELECT e.login, e.version, batch.number, e.event_type, e.data, e.account"
+            f" FROM ({_unnest('bigint[], bigint[], integer[], text[], text[]')})"
+            " AS e (login, version, event_type, data, account), batch)"
+            " SELECT pg_notify($6, $7 || ' ' || number) FROM batch",
             *_columns(
                 [
                     (
                         e.login,
                         e.version,
-                        number,
                         e.event_type,
                         None if e.data_json is None else e.data_json.decode(),
                         orjson.dumps(_account_json(e.account)).decode(),
                     )
                     for e in events
                 ],
-                6,
+                5,
             ),
+            CHANNEL,
+            self.node,
         )
-        await db.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{self.node} {number}")
 
     async def _purge(self, db: asyncpg.Connection, batch: Batch) -> None:
         """Delete expired keys and journal rows past retention, outside the batch's transaction
