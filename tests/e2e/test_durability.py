@@ -79,6 +79,7 @@ class Server:
 
     def __init__(self, proc: asyncio.subprocess.Process, port: int, log: BinaryIO) -> None:
         self.proc, self.port, self.log = proc, port, log
+        self.settlement_port = 0
 
     @classmethod
     async def start(
@@ -112,6 +113,7 @@ class Server:
             log.close()
             raise
         server = cls(proc, 0, log)
+        server.settlement_port = settlement_port
         try:
             assert proc.stdout is not None
             line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)

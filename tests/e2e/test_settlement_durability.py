@@ -95,7 +95,6 @@ async def start_server(data_dir: Path, log_path: Path) -> tuple[Server, int]:
             if os.strerror(errno.EADDRINUSE) not in log_path.read_text():
                 raise
     raise AssertionError("no free port for the settlement listener")
-    raise AssertionError("no free settlement port")
 
 
 def burst_items(rng: random.Random) -> tuple[list[Item], dict[str, dict[str, Any]]]:

@@ -271,7 +271,9 @@ class MainLoop:
         commit_ms = (time.perf_counter() - commit_started) * 1000
         if self._observer is not None:
             self._observer.batch_committed(len(applied), commit_ms / 1000)
-        self.state.apply(tx, accounts=not self._ledger.shared)
+        self.state.apply(tx, newer_only=self._ledger.shared)
+        if self._ledger.shared:
+            self.events.own([effect.event for _, effect in applied if effect.event is not None])
         for op, effect in applied:
             try:
                 self._announce(op, effect)
@@ -401,8 +403,7 @@ class MainLoop:
             if follower.future is not None and not follower.future.done():
                 follower.future.set_result(effect.outcome[follower.answer])
         record = effect.record
-        if effect.event is not None:  # a shared ledger: other nodes' events may come first
-            self.events.deliver(effect.event)
+        if effect.event is not None:  # a shared ledger: sessions hear it through AccountEvents
             data_json = effect.event.data_json
             if record is not None and effect.event_type is not None and data_json is not None:
                 self._waiters.on_trade_event(effect.event_type, record.order, data_json)

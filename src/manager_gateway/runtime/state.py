@@ -128,11 +128,16 @@ class State:
         for account in found.accounts:
             self.accounts[account.login] = account
 
-    def apply(self, tx: Transaction, accounts: bool = True) -> None:
-        """Publish a durably committed transaction (a shared ledger's accounts are published by
-        their events instead: another node's newer version may have arrived first)."""
-        if accounts:
+    def apply(self, tx: Transaction, newer_only: bool = False) -> None:
+        """Publish a durably committed transaction. `newer_only` (a shared ledger): an account
+        is replaced only by a newer version, since another node's may have arrived first."""
+        if not newer_only:
             self.accounts.update(tx.accounts)
+        else:
+            for login, account in tx.accounts.items():
+                held = self.accounts.get(login)
+                if held is None or held.version < account.version:
+                    self.accounts[login] = account
         records = self._records
         for record in tx.batch.records:
             records[record.order] = tuple(record)
