@@ -8,13 +8,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
+from yoyo import get_backend, read_migrations
+from yoyo.migrations import MigrationList
+
 from manager_gateway.ledger.migrate import migrate_sqlite
 from manager_gateway.ledger.sqlite import LEDGER_FILE
 from manager_gateway.ledger.verify import verify_ledger
 
 from ..conftest import GatewayFactory
+from ..postgres import PostgresServer
 
 MIGRATIONS = Path(__file__).parents[2] / "src/manager_gateway/ledger/migrations/sqlite"
+PG_MIGRATIONS = MIGRATIONS.parent / "postgresql"
+PG_SOURCE = "package:manager_gateway:ledger/migrations/postgresql"
 
 # The schema gateway 0.1.0 wrote at each start (CREATE TABLE IF NOT EXISTS, no version table),
 # as it was in its sqlite_ledger.py: the "previous version" a new one must take over.
@@ -124,3 +131,39 @@ def test_ledger_migrate_brings_a_data_dir_up_to_date_without_serving(tmp_path: P
         [*command, "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60
     )
     assert again.stdout.splitlines() == ["ledger up to date"]
+
+
+async def test_a_postgresql_ledger_at_its_first_migration_takes_the_next_one_with_its_data(
+    make_gateway: GatewayFactory, postgres: PostgresServer
+) -> None:
+    """A PostgreSQL ledger from before several-node events (0001 only) with an account on it:
+    a start adds the account versions and the outbox, and serves the account as it was."""
+    url = postgres.database()
+    backend = get_backend("postgresql+psycopg://" + url.partition("://")[2])
+    try:
+        first = MigrationList(m for m in read_migrations(PG_SOURCE) if m.id == "0001_ledger")
+        backend.apply_migrations(backend.to_apply(first))
+    finally:
+        backend.connection.close()
+    with psycopg.connect(url) as db:
+        db.execute(
+            "INSERT INTO accounts VALUES (5001, 'demo', 'Old Timer', 'old@example.com',"
+            " 'scrypt$x', 100, 1, 'USD', 2, 150.25, 0, 1700000000)"
+        )
+        db.execute(
+            "INSERT INTO records VALUES (1, 1, 5001, 6, 3, 150.25, 'deposit', 1700000000,"
+            " 1700000000, 1700000000)"
+        )
+        db.execute("SELECT setval('order_numbers', 1)")
+
+    h = await make_gateway(ledger_url=url)
+    client = await h.client()
+    account = await client.ok("GetAccountByLogin", {"login": 5001})
+    assert (account["name"], account["balance"]) == ("Old Timer", 150.25)
+    assert (await client.ok("BalanceInSync", {"login": 5001, "amount": 1}))["order"] == 2
+    with psycopg.connect(url) as db:
+        applied = [row[0] for row in db.execute("SELECT migration_id FROM _yoyo_migration")]
+        version = db.execute("SELECT version FROM accounts WHERE login = 5001").fetchone()
+    assert sorted(applied) == sorted(path.stem for path in PG_MIGRATIONS.glob("*.sql"))
+    assert version == (1,)  # counted from the first change after the migration
+    assert h.verify() == []
