@@ -127,6 +127,34 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/unit/test_ledger_reads.py",
         "tests/unit/test_ledger_queries.py",
     ),
+    f"{PKG}/runtime/peers.py": (
+        "tests/unit/test_peers.py",
+        "tests/e2e/test_nodes.py",
+        "tests/e2e/test_node_failover.py",
+    ),
+    f"{PKG}/ledger/threaded.py": (
+        "tests/e2e/test_ledger_failures.py",
+        "tests/e2e/test_shutdown.py",
+        "tests/e2e/test_settlement_retention.py",
+        "tests/e2e/test_history_window.py",
+    ),
+    f"{PKG}/ledger/migrate.py": (
+        "tests/e2e/test_migrations.py",
+        "tests/unit/test_ledger_reads.py",
+    ),
+    f"{PKG}/ledger/rows.py": (
+        "tests/e2e/test_restart_state.py",
+        "tests/e2e/test_migrations.py",
+        "tests/e2e/test_nodes.py",
+    ),
+    # PostgreSQL: each test starts gateways on a database of its own; minutes per mutant.
+    f"{PKG}/ledger/postgres.py": (
+        "tests/e2e/test_nodes.py",
+        "tests/e2e/test_node_failover.py",
+        "tests/e2e/test_migrations.py",
+        "tests/e2e/test_idempotency.py",
+        "tests/e2e/test_settlement.py",
+    ),
     f"{PKG}/runtime/state.py": (
         "tests/unit/test_settlement_rules.py",
         "tests/e2e/test_commands.py",
