@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
 import subprocess
@@ -21,11 +22,14 @@ from .conftest import DEMO_USER, GatewayFactory
 CLI_TIMEOUT_S = 30
 
 
-def cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str | Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `manager-gateway ARGS` with the test interpreter; bounded, output captured."""
     return subprocess.run(
         [sys.executable, "-m", "manager_gateway.cli", *map(str, args)],
         cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=CLI_TIMEOUT_S,
@@ -215,3 +219,19 @@ def test_serve_with_the_metrics_port_taken_exits_with_a_message(
     assert done.returncode == 2
     assert "Address already in use" in done.stderr
     assert "listening" not in done.stdout
+
+
+def test_serve_with_an_unreachable_postgresql_exits_with_a_message(tmp_path: Path) -> None:
+    """A ledger_url nothing answers at: exit 2 at once, the reason in one line, no traceback."""
+    with socket.socket() as closed:  # a port free a moment ago: nothing listens there
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    done = cli(
+        "serve", "--data-dir", tmp_path / "data", "--port", "0", "--settlement-port", "0",
+        cwd=tmp_path,
+        env={**os.environ, "GATEWAY_LEDGER_URL": f"postgresql://gateway@127.0.0.1:{port}/db"},
+    )  # fmt: skip
+    assert done.returncode == 2
+    message = done.stderr.splitlines()[-1]
+    assert message.startswith("manager-gateway: cannot connect to the ledger to migrate it:")
+    assert "Traceback" not in done.stderr

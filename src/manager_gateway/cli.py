@@ -20,6 +20,7 @@ from .ledger.migrate import MigrationError, migrate_postgres, migrate_sqlite
 from .ledger.sqlite import LEDGER_FILE
 from .ledger.verify import verify_ledger, verify_postgres
 from .logging import configure_logging
+from .runtime.storage import StorageError
 from .server.app import Gateway, signing_secret
 from .session.access import SessionType
 from .session.tokens import TokenService
@@ -255,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (OSError, ValueError) as exc:  # bad settings, missing files, a port in use
+    # Bad settings, missing files, a port in use, a ledger that cannot be opened or migrated.
+    except (OSError, ValueError, MigrationError, StorageError) as exc:
         if args.command == "serve":  # its logs are configured; other commands' stdout is data
             structlog.get_logger().error("startup_failed", error=str(exc))
         print(f"manager-gateway: {exc}", file=sys.stderr)

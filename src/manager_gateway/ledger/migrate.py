@@ -51,7 +51,7 @@ def _migrate(uri: str, engine: str) -> list[str]:
     try:
         backend = get_backend(uri)
     except Exception as exc:  # a driver's own error: unreachable server, bad credentials
-        raise MigrationError(f"cannot open the ledger to migrate it: {exc}") from exc
+        raise MigrationError(f"cannot connect to the ledger to migrate it: {_line(exc)}") from exc
     try:
         migrations = read_migrations(_SOURCES[engine])
         with backend.lock(timeout=LOCK_TIMEOUT_S):
@@ -64,6 +64,11 @@ def _migrate(uri: str, engine: str) -> list[str]:
             " if none is (one was killed while migrating), remove its row from yoyo_lock"
         ) from exc
     except Exception as exc:
-        raise MigrationError(f"migrating the ledger failed: {exc}") from exc
+        raise MigrationError(f"migrating the ledger failed: {_line(exc)}") from exc
     finally:
         backend.connection.close()
+
+
+def _line(exc: Exception) -> str:
+    """A driver's message on one line (libpq's run over several)."""
+    return " ".join(str(exc).split())

@@ -159,6 +159,12 @@ class PostgresLedger:
 
     async def load(self, window: int) -> Snapshot:
         await asyncio.to_thread(migrate_postgres, self._url)
+        try:
+            return await self._load(window)
+        except _ERRORS as exc:
+            raise StorageError(f"reading the ledger failed: {exc}") from exc
+
+    async def _load(self, window: int) -> Snapshot:
         db = await self._connection()
         self._readers = await asyncpg.create_pool(self._url, min_size=1, max_size=READ_CONNECTIONS)
         rows = await db.fetch(f"SELECT {_ACCOUNT_SELECT} FROM accounts")
