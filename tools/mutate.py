@@ -84,6 +84,7 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_key_expiry.py",
         "tests/e2e/test_commands.py",
         "tests/e2e/test_settlement_retention.py",
+        "tests/e2e/test_batches.py",
         # Single tests where a whole file would take minutes per mutant: the batch metrics, and
         # settlement operations, which bypass the key bookkeeping (their failed commit, events).
         "tests/e2e/test_metrics.py::test_traffic_moves_the_counts_exactly",
