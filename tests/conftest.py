@@ -247,10 +247,6 @@ def frozen_clock() -> FakeClock:
     return FakeClock(wall=float(int(time.time())))
 
 
-#: The ledger engines a test module runs on when it overrides `ledger_url` with `engine_url`.
-ENGINES = ("sqlite", "postgresql")
-
-
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the session (tests/postgres.py)."""
@@ -261,20 +257,8 @@ def postgres() -> Iterator[PostgresServer]:
 @pytest.fixture
 def ledger_url() -> str:
     """The ledger a test's gateways use: "" is the embedded SQLite. A module that runs on both
-    engines overrides this fixture, parametrized over ENGINES, with `engine_url`."""
+    engines imports `on_both_engines` (tests/postgres.py), which replaces this there."""
     return ""
-
-
-#: For a test that uses a test double of the SQLite engine, in a module that runs on both.
-SQLITE_ONLY = pytest.mark.parametrize("ledger_url", [""], ids=["sqlite"])
-
-
-def engine_url(request: pytest.FixtureRequest) -> str:
-    """For `request.param` of ENGINES: "" for SQLite, else a new PostgreSQL database."""
-    if request.param == "sqlite":
-        return ""
-    server: PostgresServer = request.getfixturevalue("postgres")
-    return server.database()
 
 
 @pytest.fixture

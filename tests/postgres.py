@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import pytest
 
 ENV = "GATEWAY_TEST_POSTGRES_URL"
 
@@ -61,3 +62,20 @@ def postgres_server() -> Iterator[PostgresServer]:
             yield PostgresServer(url)
         finally:
             server.cleanup()
+
+
+#: The ledger engines a test module runs on when it imports `on_both_engines`.
+ENGINES = ("sqlite", "postgresql")
+
+#: For a test that uses a test double of the SQLite engine, in a module that runs on both.
+SQLITE_ONLY = pytest.mark.parametrize("ledger_url", [""], ids=["sqlite"])
+
+
+@pytest.fixture(params=ENGINES, name="ledger_url")
+def on_both_engines(request: pytest.FixtureRequest) -> str:
+    """Imported into a test module, this replaces conftest's `ledger_url` there: every test of
+    the module runs on SQLite ("") and on a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return ""
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.database()

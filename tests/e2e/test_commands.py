@@ -15,8 +15,9 @@ import pytest
 
 from manager_gateway.session.access import SessionType
 
-from ..conftest import DEMO_USER, ENGINES, Client, GatewayFactory, Harness, engine_url, money
+from ..conftest import DEMO_USER, Client, GatewayFactory, Harness, money
 from ..fakes import FakeClock
+from ..postgres import on_both_engines  # noqa: F401 (runs every test here on both engines)
 
 FINANCE = {"BalanceIn": 6, "CreditIn": 7, "BalanceOut": 8, "CreditOut": 9}
 RECORD_KEYS = {
@@ -33,12 +34,6 @@ RECORD_KEYS = {
     "update_time",
     "reason",
 }
-
-
-@pytest.fixture(params=ENGINES)
-def ledger_url(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on both ledger engines."""
-    return engine_url(request)
 
 
 @pytest.fixture

@@ -6,18 +6,11 @@ them: the 403 example of section 11 and the "token expired" 401 of section 3.
 
 from __future__ import annotations
 
-import pytest
-
 from manager_gateway.session.access import SessionType
 
-from ..conftest import DEMO_USER, ENGINES, GatewayFactory, Harness, engine_url
+from ..conftest import DEMO_USER, GatewayFactory, Harness
 from ..fakes import FakeClock
-
-
-@pytest.fixture(params=ENGINES)
-def ledger_url(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on both ledger engines, but those with a test double of SQLite's."""
-    return engine_url(request)
+from ..postgres import on_both_engines  # noqa: F401 (runs every test here on both engines)
 
 
 async def test_permission_denied_names_the_command_and_session_type(gw: Harness) -> None:

@@ -5,29 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
 from manager_gateway.session.access import SessionType
 
-from ..conftest import (
-    DEMO_USER,
-    ENGINES,
-    SQLITE_ONLY,
-    Client,
-    GatewayFactory,
-    Harness,
-    engine_url,
-    ledger,
-    wait_until,
-)
+from ..conftest import DEMO_USER, Client, GatewayFactory, Harness, ledger, wait_until
 from ..fakes import FakeClock
-
-
-@pytest.fixture(params=ENGINES)
-def ledger_url(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on both ledger engines, but those with a test double of SQLite's."""
-    return engine_url(request)
-
+from ..postgres import SQLITE_ONLY, on_both_engines  # noqa: F401 (runs every test here on both engines)
 
 LOGIN = 5001
 CREDIT = {"login": LOGIN, "amount": 125.5, "comment": "bonus"}

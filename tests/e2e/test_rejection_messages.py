@@ -8,16 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
-from ..conftest import DEMO_USER, ENGINES, GatewayFactory, Harness, engine_url
+from ..conftest import DEMO_USER, GatewayFactory, Harness
 from ..fakes import FakeClock
-
-
-@pytest.fixture(params=ENGINES)
-def ledger_url(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on both ledger engines, but those with a test double of SQLite's."""
-    return engine_url(request)
+from ..postgres import on_both_engines  # noqa: F401 (runs every test here on both engines)
 
 
 async def refusal(client: Any, command: str, data: dict[str, Any]) -> tuple[int, str, str]:

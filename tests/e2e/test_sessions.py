@@ -12,16 +12,10 @@ import pytest
 from manager_gateway.commands.registry import ALL_COMMANDS
 from manager_gateway.session.access import SessionType
 
-from ..conftest import DEMO_USER, ENGINES, Client, GatewayFactory, Harness, engine_url
+from ..conftest import DEMO_USER, Client, GatewayFactory, Harness
 from ..fakes import FakeClock
+from ..postgres import on_both_engines  # noqa: F401 (runs every test here on both engines)
 from ..protocol_tables import PROTOCOL_ROLES
-
-
-@pytest.fixture(params=ENGINES)
-def ledger_url(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on both ledger engines, but those with a test double of SQLite's."""
-    return engine_url(request)
-
 
 USER, MANAGER, DEALER, ADMIN = (
     SessionType.USER,

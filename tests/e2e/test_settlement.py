@@ -20,16 +20,7 @@ from gateway_bench.settlement.simspec import SimulationSpec
 from gateway_bench.settlement.simulator import run_simulation
 from manager_gateway.settlement.http import ADJUST, AMOUNT, CANCEL, TRANSFER
 
-from ..conftest import (
-    ENGINES,
-    SQLITE_ONLY,
-    Client,
-    GatewayFactory,
-    Harness,
-    engine_url,
-    ledger,
-    wait_until,
-)
+from ..conftest import Client, GatewayFactory, Harness, ledger, wait_until
 from ..platform import (
     Platform,
     adjustment,
@@ -40,13 +31,7 @@ from ..platform import (
     settlement_gateway,
     transfer,
 )
-
-
-@pytest.fixture(params=ENGINES)
-def ledger_url(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on both ledger engines, but those with a test double of SQLite's."""
-    return engine_url(request)
-
+from ..postgres import SQLITE_ONLY, on_both_engines  # noqa: F401 (runs every test here on both engines)
 
 LOGIN = 1001
 OTHER = 1002

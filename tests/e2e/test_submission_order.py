@@ -10,24 +10,9 @@ from typing import Any
 
 import pytest
 
-from ..conftest import (
-    DEMO_USER,
-    ENGINES,
-    SQLITE_ONLY,
-    GatewayFactory,
-    Harness,
-    engine_url,
-    ledger,
-    wait_until,
-)
+from ..conftest import DEMO_USER, GatewayFactory, Harness, ledger, wait_until
+from ..postgres import SQLITE_ONLY, on_both_engines  # noqa: F401 (runs every test here on both engines)
 from .test_read_your_writes import LOGIN, answers, pipeline, world
-
-
-@pytest.fixture(params=ENGINES)
-def ledger_url(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on both ledger engines, but those with a test double of SQLite's."""
-    return engine_url(request)
-
 
 # The finance writes that apply to a fresh account: (command, data, (balance, credit) after).
 FIRST_WRITES: list[tuple[str, dict[str, Any], tuple[float, float]]] = [
