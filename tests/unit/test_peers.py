@@ -10,22 +10,28 @@ import contextlib
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
+import pytest
+
+from manager_gateway.runtime import peers
 from manager_gateway.runtime.peers import AccountEvents
 from manager_gateway.runtime.records import Account
 from manager_gateway.runtime.state import State
-from manager_gateway.runtime.storage import AccountEvent, PeerEvents, Snapshot
+from manager_gateway.runtime.storage import AccountEvent, PeerEvents, Snapshot, StorageError
+
+from ..conftest import captured_log
 
 LOGIN = 1001
 
 
-def account(version: int, balance: int = 0) -> Account:
+def account(version: int, balance: int = 0, login: int = LOGIN) -> Account:
     return Account(
-        LOGIN, "demo", "n", "e", "p", 100, 1, "USD", 2, Decimal(balance), Decimal(0), 1, version
+        login, "demo", "n", "e", "p", 100, 1, "USD", 2, Decimal(balance), Decimal(0), 1, version
     )
 
 
-def event(version: int) -> AccountEvent:
-    return AccountEvent(LOGIN, version, 0, b'{"v":%d}' % version, account(version, version))
+def event(version: int, login: int = LOGIN) -> AccountEvent:
+    data = b'{"v":%d}' % version if login == LOGIN else b'{"l":%d,"v":%d}' % (login, version)
+    return AccountEvent(login, version, 0, data, account(version, version, login))
 
 
 class Sessions:
@@ -45,30 +51,55 @@ class Sessions:
 
 
 class Outbox:
-    """The ledger's side: `events_after` as PostgreSQL answers it, from what it still holds."""
+    """The ledger's side, as PostgreSQL answers it: `events_after` from what the outbox still
+    holds (`kept`, any logins) and the accounts as they are (`current`); `peer_events` hands
+    over `feed`, then ends."""
 
-    def __init__(self, kept: list[AccountEvent], current: Account) -> None:
+    def __init__(self, kept: list[AccountEvent], current: list[Account]) -> None:
         self.kept = kept
-        self.current = current
+        self.current = {a.login: a for a in current}
+        self.feed: list[PeerEvents] = []
         self.asked: list[dict[int, int]] = []
+        self.fail_next = False
 
     async def peer_events(self) -> AsyncIterator[PeerEvents]:
-        return  # no other node speaks in these tests
-        yield
+        for batch in self.feed:
+            yield batch
 
     async def events_after(
         self, known: dict[int, int], others: bool = False
     ) -> tuple[list[AccountEvent], list[Account]]:
+        if self.fail_next:
+            self.fail_next = False
+            raise StorageError("ledger read failed: the database went away")
         self.asked.append(dict(known))
-        after = known.get(LOGIN, 0)
-        newer = [e for e in self.kept if e.version > after]
-        return newer, [self.current] if self.current.version > after else []
+        wanted = set(known) | (set(self.current) if others else set())
+        events = [e for e in self.kept if e.login in wanted and e.version > known.get(e.login, 0)]
+        accounts = [
+            a for login, a in self.current.items()
+            if login in wanted and a.version > known.get(login, 0)
+        ]  # fmt: skip
+        return sorted(events, key=lambda e: (e.login, e.version)), accounts
 
 
 def setup(kept: list[AccountEvent], current: int) -> tuple[AccountEvents, Sessions, Outbox, State]:
+    """The node holds LOGIN at version 1; the database has it at `current`."""
     state = State(Snapshot({LOGIN: account(1)}, {}, [], [], 1, 1000), window=10)
-    sessions, outbox = Sessions(), Outbox(kept, account(current, current))
+    sessions, outbox = Sessions(), Outbox(kept, [account(current, current)])
     return AccountEvents(state, sessions, outbox), sessions, outbox, state  # type: ignore[arg-type]
+
+
+async def following(events: AccountEvents, sessions: Sessions, trades: int) -> None:
+    """Run the inbox's task until the sessions have heard `trades` trade events."""
+    follower = asyncio.create_task(events.follow())
+    try:
+        while len(sessions.trades) < trades:
+            sessions.heard.clear()
+            await asyncio.wait_for(sessions.heard.wait(), 5)
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
 
 
 def test_each_version_is_delivered_once_in_order_whoever_brings_it() -> None:
@@ -113,16 +144,71 @@ async def test_an_own_commit_ahead_of_an_unheard_one_waits_for_it() -> None:
     notification has not arrived, and committed 3: the sessions get 2 (from the outbox) first,
     then 3, and 2 again from the late notification is dropped."""
     events, sessions, outbox, _ = setup([event(2), event(3)], 3)
-    follower = asyncio.create_task(events.follow())
-    try:
-        events.own([event(3)])
-        while len(sessions.trades) < 2:
-            sessions.heard.clear()
-            await asyncio.wait_for(sessions.heard.wait(), 5)
-        assert sessions.trades == [b'{"v":2}', b'{"v":3}']
-        assert outbox.asked == [{LOGIN: 1}]
-    finally:
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
+    events.own([event(3)])
+    await following(events, sessions, 2)
+    assert sessions.trades == [b'{"v":2}', b'{"v":3}']
+    assert outbox.asked == [{LOGIN: 1}]
     assert not events.deliver(event(2))
+
+
+async def test_a_catch_up_delivers_what_was_missed_and_accounts_never_seen() -> None:
+    """After the feed (re)connects: every account the node knows, from what it delivered, and
+    with them the accounts another node created meanwhile."""
+    events, sessions, outbox, state = setup([event(2), event(1, 2002), event(2, 2002)], 2)
+    outbox.current[2002] = account(2, 2, 2002)
+    outbox.feed = [PeerEvents([], catch_up=True)]
+    await following(events, sessions, 3)
+    assert outbox.asked == [{LOGIN: 1}]  # what it had delivered, all of it
+    assert sessions.trades == [b'{"v":2}', b'{"l":2002,"v":1}', b'{"l":2002,"v":2}']
+    assert state.accounts[2002].version == 2  # the new account, for the node's reads
+
+
+def test_a_new_account_s_first_event_is_delivered() -> None:
+    events, sessions, _, state = setup([], 1)
+    assert events.deliver(event(1, 2002))  # AddUser on another node: its first version is 1
+    assert state.accounts[2002] == account(1, 1, 2002)
+    assert sessions.trades == [b'{"l":2002,"v":1}']
+
+
+async def test_a_new_account_s_missed_first_event_is_fetched_before_its_second() -> None:
+    events, sessions, outbox, _ = setup([event(1, 2002), event(2, 2002)], 1)
+    await events._take([event(2, 2002)])
+    assert outbox.asked == [{2002: 0}]
+    assert sessions.trades == [b'{"l":2002,"v":1}', b'{"l":2002,"v":2}']
+
+
+def test_memory_keeps_the_newer_account_when_an_older_event_arrives_late() -> None:
+    """The node's own commit put version 3 in memory before another node's 2 was delivered."""
+    events, _, _, state = setup([], 1)
+    state.accounts[LOGIN] = account(3, 30)
+    assert events.deliver(event(2))
+    assert state.accounts[LOGIN] == account(3, 30)
+
+
+async def test_a_failed_read_is_logged_and_the_next_batch_still_delivered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events, sessions, outbox, _ = setup([event(2), event(3)], 3)
+    outbox.fail_next = True
+    outbox.feed = [PeerEvents([], catch_up=True), PeerEvents([event(3)])]
+    with captured_log(monkeypatch, peers) as logs:
+        await following(events, sessions, 2)
+    assert [(e["event"], e["catch_up"], e["log_level"]) for e in logs] == [
+        ("peer_events_failed", True, "error")
+    ]
+    assert sessions.trades == [b'{"v":2}', b'{"v":3}']  # the gap of the next batch filled it
+
+
+async def test_lost_events_are_logged_with_what_was_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    events, _, _, _ = setup([event(5)], 5)
+    with captured_log(monkeypatch, peers) as logs:
+        await events._fill({LOGIN: 1})
+    assert logs == [
+        {
+            "event": "peer_events_lost",
+            "log_level": "warning",
+            "login": LOGIN,
+            "delivered": 1,
+            "lost": 3,  # versions 2, 3 and 4
+        }
+    ]
