@@ -212,3 +212,14 @@ async def test_lost_events_are_logged_with_what_was_lost(monkeypatch: pytest.Mon
             "lost": 3,  # versions 2, 3 and 4
         }
     ]
+
+
+async def test_events_of_an_account_never_seen_pruned_before_a_catch_up_are_all_counted() -> None:
+    """Another node created 2002 and changed it three times while this one was cut off for
+    longer than the outbox keeps events: versions 1 to 3 are lost, the 4th is delivered."""
+    events, sessions, outbox, state = setup([event(4, 2002)], 1)
+    outbox.current[2002] = account(4, 4, 2002)
+    await events._fill({LOGIN: 1}, others=True)
+    assert events.lost_events == 3
+    assert sessions.trades == [b'{"l":2002,"v":4}']
+    assert state.accounts[2002].version == 4
