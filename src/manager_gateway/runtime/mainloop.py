@@ -1,9 +1,9 @@
 """The single writer: takes operations in arrival order, applies a batch, commits it, announces it.
 
-One task owns all account state. Each turn it drains what is queued (up to `max_batch`), applies
-each operation to a `Transaction` overlay (a rejection goes straight back to its caller), writes the
-batch to the ledger in one durable transaction, and only then publishes the new
-state, answers the callers and emits `trade:event` / `balance:event` in operation order.
+One task owns the node's account state. Each turn it drains what is queued (up to `max_batch`),
+applies each operation to a `Transaction` overlay (a rejection goes straight back to its caller),
+writes the batch to the ledger in one durable transaction, and only then publishes the new state,
+answers the callers and emits `trade:event` / `balance:event` in operation order.
 
 Idempotency (docs/protocol.md section 7) is decided here too, because only the single writer can
 tell "already applied", "being applied in this batch" and "new" apart without races.
@@ -12,6 +12,11 @@ Memory holds the accounts and a window of recent history (state.py). Before appl
 loop asks the ledger in one read for the older rows the batch needs (keys of retries, records an
 update or delete names, settlement journal rows), so applying stays a pure in-memory step, and a
 batch of new keys costs no read at all while no live key has left the window.
+
+A shared ledger (several nodes on PostgreSQL) has other writers, so memory is only a cache there:
+each batch asks for everything it touches, which the ledger returns locked until the commit, each
+change of an account gets the account's next version, and the sessions hear the events through
+`peers.py`, in version order with the other nodes' (docs/scaling.md).
 """
 
 from __future__ import annotations
