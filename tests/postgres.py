@@ -29,6 +29,7 @@ class PostgresServer:
     def __init__(self, url: str) -> None:
         self.url = url
         self._names = (f"gw_{os.getpid()}_{n}" for n in itertools.count())
+        self.created: list[str] = []
 
     def database(self) -> str:
         """A new, empty database; its URL."""
@@ -36,7 +37,15 @@ class PostgresServer:
         with psycopg.connect(self.url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
             admin.execute(f'CREATE DATABASE "{name}"')
+        self.created.append(name)
         return with_database(self.url, name)
+
+    def drop_created(self) -> None:
+        """Drop the databases this session made (on a server that outlives it)."""
+        with psycopg.connect(self.url, autocommit=True) as admin:
+            for name in self.created:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.created.clear()
 
 
 @contextmanager
@@ -44,7 +53,11 @@ def postgres_server() -> Iterator[PostgresServer]:
     """The configured server, else a throwaway one for as long as the block runs."""
     url = os.environ.get(ENV)
     if url:
-        yield PostgresServer(url)
+        server = PostgresServer(url)
+        try:
+            yield server
+        finally:
+            server.drop_created()
         return
     import pgserver  # only when no server is configured: it unpacks PostgreSQL's binaries
 
