@@ -53,6 +53,7 @@ from .rows import (
     journal_row,
     key_from_row,
     latest_records,
+    oldest_first,
     record_from_row,
 )
 
@@ -290,16 +291,9 @@ class PostgresLedger:
         )
 
     async def commit(self, batch: Batch) -> None:
+        if self._tx is None:  # the main loop fetches every shared batch: its locks come first
+            raise StorageError("ledger commit failed: no batch was begun by fetch")
         db = await self._connection()
-        if self._tx is None:
-            self._tx = db.transaction()
-            self._locked = set()
-            try:
-                await self._tx.start()
-            except _ERRORS as exc:
-                self._tx = None
-                self._broken(exc)
-                raise StorageError(f"ledger commit failed: {exc}") from exc
         try:
             await self._write(db, batch)
         except _ERRORS as exc:
@@ -603,15 +597,10 @@ async def _newest(
     db: asyncpg.Connection, columns: str, table: str, window: int
 ) -> tuple[list[tuple[Any, ...]], float]:
     """The newest `window` rows (oldest first) and the `created_at` of the newest left out."""
-    rows = [
-        tuple(row)
-        for row in await db.fetch(
-            f"SELECT {columns} FROM {table} ORDER BY created_at DESC LIMIT $1", window + 1
-        )
-    ]
-    beyond_until = float(rows.pop()[-1]) if len(rows) > window else 0.0
-    rows.reverse()
-    return rows, beyond_until
+    rows = await db.fetch(
+        f"SELECT {columns} FROM {table} ORDER BY created_at DESC LIMIT $1", window + 1
+    )
+    return oldest_first([tuple(row) for row in rows], window)
 
 
 def _purge_sql(table: str) -> str:

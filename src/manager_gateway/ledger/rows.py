@@ -96,3 +96,15 @@ def latest_records(rows: Iterable[Iterable[Any]]) -> dict[int, FinanceRecord]:
         record = record_from_row(row)
         records[record.order] = record
     return records
+
+
+def oldest_first(
+    newest_first: list[tuple[Any, ...]], window: int
+) -> tuple[list[tuple[Any, ...]], float]:
+    """Up to `window + 1` rows with `created_at` last, newest first, as a load reads them: the
+    newest `window` oldest first, and the `created_at` of the newest row left out (0 when none
+    is)."""
+    rows = list(newest_first)
+    beyond_until = float(rows.pop()[-1]) if len(rows) > window else 0.0
+    rows.reverse()
+    return rows, beyond_until

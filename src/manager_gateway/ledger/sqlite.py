@@ -40,6 +40,7 @@ from .rows import (
     journal_row,
     key_from_row,
     latest_records,
+    oldest_first,
     record_from_row,
 )
 
@@ -331,9 +332,7 @@ def _newest(
     rows = db.execute(
         f"SELECT {columns} FROM {table} ORDER BY created_at DESC LIMIT ?", (window + 1,)
     ).fetchall()
-    beyond_until = float(rows.pop()[-1]) if len(rows) > window else 0.0
-    rows.reverse()
-    return rows, beyond_until
+    return oldest_first(rows, window)
 
 
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:

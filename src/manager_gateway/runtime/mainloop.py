@@ -430,9 +430,9 @@ class MainLoop:
 
     async def record(self, order: int) -> FinanceRecord | None:
         """The current version of `order`: from the window, else from the ledger."""
-        record = self.state.record(order)
         if self._ledger.shared:  # another node may have changed it, or made it
             return await self._ledger.record(order)
+        record = self.state.record(order)
         if record is not None or order >= self.state.next_order:
             return record
         return await self._ledger.record(order)

@@ -110,10 +110,8 @@ class State:
         """Hold rows the main loop fetched from the ledger for the batch it is applying. From a
         shared ledger they replace what memory holds: another node may have changed them."""
         for key in found.keys:
-            if shared:
+            if shared or (key.subject, key.ext_id) not in self._keys:
                 self._keys[(key.subject, key.ext_id)] = _entry(key)
-            else:
-                self._keys.setdefault((key.subject, key.ext_id), _entry(key))
         for row in found.journal:
             if row.key not in self.journal:
                 self._fetched_journal.append(row.key)
@@ -121,10 +119,8 @@ class State:
             elif shared:
                 self.journal[row.key] = row
         for record in found.records:
-            if shared:
+            if shared or record.order not in self._records:
                 self._records[record.order] = tuple(record)
-            else:
-                self._records.setdefault(record.order, tuple(record))
         for account in found.accounts:
             self.accounts[account.login] = account
 
