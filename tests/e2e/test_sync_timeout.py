@@ -12,6 +12,7 @@ from ..conftest import DEMO_USER, Client, GatewayFactory, ledger, wait_until
 from ..fakes import FakeClock
 
 LOGIN = 6001
+BARRIER = 6002  # an account whose Sync credit orders a test after the main loop's earlier batches
 CREDIT = {"login": LOGIN, "amount": 300.0, "comment": "Promotion credit"}
 
 
@@ -148,6 +149,7 @@ async def test_timeouts_under_a_stall_leave_nothing_pending(make_gateway: Gatewa
     gw = await make_gateway(sync_timeout_ms=300, gated=True)
     client, probe = await gw.client(), await gw.client()
     await setup_account(probe)
+    await probe.ok("AddUser", {**DEMO_USER, "login": BARRIER}, ext_id="add-barrier")
     ledger(gw).hold()
     futures = [
         client.send("CreditInSync", {**CREDIT, "amount": float(n + 1)}, ext_id=f"stall-{n}")
@@ -160,7 +162,10 @@ async def test_timeouts_under_a_stall_leave_nothing_pending(make_gateway: Gatewa
     assert len(set(orders)) == len(orders) >= 1
     ledger(gw).release()
     runtime = gw.gateway.runtime
-    await wait_until(probe, lambda: runtime.state.record_count == 5)
+    # A Sync credit queued after the five is answered only once its batch is committed, and the
+    # main loop commits in order: then the five are in too.
+    await probe.ok("CreditInSync", {"login": BARRIER, "amount": 1.0, "comment": "barrier"})
+    assert runtime.state.record_count == 5 + 1
     for order in orders:
         assert (await probe.ok("GetTradeByOrder", {"order": order}))["order"] == order
     assert await money(probe) == (0.0, 15.0)
