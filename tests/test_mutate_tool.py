@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 from types import ModuleType
 
@@ -61,3 +62,33 @@ def test_unknown_module_is_refused() -> None:
     )
     assert done.returncode != 0
     assert "no core module" in done.stderr
+
+
+def test_function_patterns_select_exactly_that_function_s_mutants() -> None:
+    """--function's patterns match mutmut's names for that method or function and no other,
+    and the tool's own name parser reads them back."""
+    tool = load_tool()
+    mainloop = "src/manager_gateway/runtime/mainloop.py"
+    method, function = tool.function_patterns(mainloop, ["MainLoop._lookup", "_stamp"])
+    name = "manager_gateway.runtime.mainloop.xǁMainLoopǁ_lookup__mutmut_7"
+    assert fnmatch(name, method)
+    assert not fnmatch(name.replace("_lookup", "_lookup_all"), method)
+    assert not fnmatch(name.replace("MainLoop", "Other"), method)
+    parsed = tool.MUTANT_NAME.match(name)
+    assert parsed is not None and (parsed["cls"], parsed["method"]) == ("MainLoop", "_lookup")
+
+    assert fnmatch("manager_gateway.runtime.mainloop.x__stamp__mutmut_2", function)
+    assert not fnmatch("manager_gateway.runtime.state.x__stamp__mutmut_2", function)
+
+
+def test_function_the_module_lacks_or_two_modules_are_refused() -> None:
+    """An unknown --function, or --function with more than one module, stops before any run."""
+    for args, message in (
+        (["src/manager_gateway/waiters.py", "--function", "Nope.nothing"], "defines no function"),
+        (["src/manager_gateway/session/", "--function", "check"], "exactly one module"),
+    ):
+        done = subprocess.run(
+            [sys.executable, str(TOOL), "--list", *args], capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode != 0
+        assert message in done.stderr

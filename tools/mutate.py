@@ -3,6 +3,8 @@
     tools/mutate                                  # every core module in TESTS (an hour or more)
     tools/mutate src/manager_gateway/waiters.py   # one module
     tools/mutate src/manager_gateway/session/     # every module of a package
+    tools/mutate src/manager_gateway/runtime/mainloop.py --function MainLoop._stamp
+                                                  # one function's mutants only (a changed one)
     tools/mutate --list                           # the module -> tests table; runs nothing
 
 Each module is tested in its own scratch copy of the working tree (tracked and untracked files that
@@ -11,6 +13,10 @@ in the tree other engineers run tests from is ever changed. mutmut is told to mu
 only and to run the tests listed for it in TESTS; of those, it runs for each mutant only the tests
 that reached the mutated function. The score, the survivors (file:line and the diff) and the
 timeouts are printed and written as markdown to `--report` (default `var/mutate/report.md`).
+
+Tests on PostgreSQL use one throwaway server for the whole run (or the one
+`GATEWAY_TEST_POSTGRES_URL` names), not one per mutant: starting a server costs seconds, and a
+module's run tests hundreds of mutants.
 
 Limits, from mutmut 3's design: only code inside functions and methods is mutated (not module
 constants or class bodies), and a mutant only exists in the test process, so a test that drives a
@@ -27,8 +33,11 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,6 +94,7 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_commands.py",
         "tests/e2e/test_settlement_retention.py",
         "tests/e2e/test_batches.py",
+        "tests/e2e/test_nodes.py",  # the shared ledger's paths: versions, events, look-ups
         # Single tests where a whole file would take minutes per mutant: the batch metrics, and
         # settlement operations, which bypass the key bookkeeping (their failed commit, events).
         "tests/e2e/test_metrics.py::test_traffic_moves_the_counts_exactly",
@@ -147,14 +157,17 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_restart_state.py",
         "tests/e2e/test_migrations.py",
         "tests/e2e/test_nodes.py",
+        "tests/e2e/test_history_window.py",
+        "tests/e2e/test_settlement_ledger.py",
     ),
-    # PostgreSQL: each test starts gateways on a database of its own; minutes per mutant.
+    # PostgreSQL: each test starts gateways on a database of its own. test_node_failover.py is
+    # left out: its nodes are processes, which never see a mutant.
     f"{PKG}/ledger/postgres.py": (
         "tests/e2e/test_nodes.py",
-        "tests/e2e/test_node_failover.py",
         "tests/e2e/test_migrations.py",
         "tests/e2e/test_idempotency.py",
         "tests/e2e/test_settlement.py",
+        "tests/e2e/test_commands.py",
     ),
     f"{PKG}/runtime/state.py": (
         "tests/unit/test_settlement_rules.py",
@@ -278,6 +291,7 @@ class Mutant:
 class ModuleResult:
     path: str
     tests: tuple[str, ...]
+    functions: tuple[str, ...] = ()  # only these functions' mutants, when given
     seconds: float = 0.0
     error: str = ""
     mutants: list[Mutant] = field(default_factory=list)
@@ -295,6 +309,7 @@ class ModuleResult:
         total = len(self.mutants)
         if not total:
             return f"{self.path}: nothing mutmut mutates (it changes function bodies only)"
+        scope = f" ({', '.join(self.functions)} only)" if self.functions else ""
         killed = self.count("killed", "caught by type check")
         timeouts = self.count("timeout")
         caught = killed + timeouts
@@ -303,7 +318,7 @@ class ModuleResult:
         extra = f", {others} reached by no test" if others else ""
         survived = len(self.uncaught) - others
         return (
-            f"{self.path}: {killed}/{total} killed, {timeouts} timeouts, {survived} survived"
+            f"{self.path}{scope}: {killed}/{total} killed, {timeouts} timeouts, {survived} survived"
             f"{extra}; {pct:.1f} % caught, in {self.seconds:.0f} s"
         )
 
@@ -320,6 +335,47 @@ def select(names: list[str]) -> list[str]:
             raise SystemExit(f"tools/mutate: no core module {name!r} (see tools/mutate --list)")
         chosen += [m for m in matches if m not in chosen]
     return chosen
+
+
+def split_name(function: str) -> tuple[str | None, str]:
+    """`Class.method` -> ("Class", "method"); `function` -> (None, "function")."""
+    cls, _, name = function.rpartition(".")
+    return (cls or None), name
+
+
+def function_patterns(module: str, functions: list[str]) -> list[str]:
+    """mutmut's name patterns for the mutants of `functions` (`name` or `Class.name`) in
+    `module`; refuses a name the module does not define."""
+    source = (ROOT / module).read_text()
+    unknown = [f for f in functions if function_node(source, *split_name(f)) is None]
+    if unknown:
+        raise SystemExit(f"tools/mutate: {module} defines no function {', '.join(unknown)}")
+    dotted = module.removeprefix("src/").removesuffix(".py").replace("/", ".")
+    patterns = []
+    for function in functions:
+        cls, name = split_name(function)
+        patterns.append(
+            f"{dotted}.xǁ{cls}ǁ{name}__mutmut_*" if cls else f"{dotted}.x_{name}__mutmut_*"
+        )
+    return patterns
+
+
+@contextmanager
+def postgres_for_tests() -> Iterator[None]:
+    """One PostgreSQL server for every mutant's tests: the configured one, else a throwaway one
+    (tests/postgres.py starts it, as the suite does) exported to the test runs."""
+    sys.path.insert(0, str(ROOT))  # this script runs from tools/; the tests' helper is a package
+    from tests.postgres import ENV, postgres_server
+
+    if os.environ.get(ENV):
+        yield
+        return
+    with postgres_server() as server:
+        os.environ[ENV] = server.url
+        try:
+            yield
+        finally:
+            del os.environ[ENV]
 
 
 def working_tree_files() -> list[str]:
@@ -446,13 +502,15 @@ def locate(mutant: Mutant, source: str) -> None:
     mutant.line = guess
 
 
-def run_module(module: str, files: list[str], jobs: int) -> ModuleResult:
-    result = ModuleResult(module, TESTS[module])
+def run_module(module: str, files: list[str], jobs: int, functions: list[str]) -> ModuleResult:
+    """Mutation-test `module`: every mutant, or only those of `functions` when given."""
+    result = ModuleResult(module, TESTS[module], tuple(functions))
+    patterns = function_patterns(module, functions)
     work = prepare(module, files)
     log = work / "mutmut.log"
     print(f"== {module}: mutmut with {' '.join(result.tests)}", flush=True)
     start = time.monotonic()
-    run = mutmut(work, "run", "--max-children", str(jobs), log=log)
+    run = mutmut(work, "run", "--max-children", str(jobs), *patterns, log=log)
     result.seconds = time.monotonic() - start
     if run.returncode != 0 and "__mutmut_" not in (work / "mutants" / module).read_text():
         return result  # no function body mutmut can change (a NamedTuple's fields): 0 mutants
@@ -463,7 +521,7 @@ def run_module(module: str, files: list[str], jobs: int) -> ModuleResult:
     source = (ROOT / module).read_text()
     for row in listing.stdout.splitlines():
         name, _, status = row.strip().rpartition(": ")
-        if not name:
+        if not name or (patterns and not any(fnmatch(name, p) for p in patterns)):
             continue
         mutant = Mutant(name, status)
         if status not in CAUGHT:
@@ -502,6 +560,8 @@ def report(results: list[ModuleResult], head: str, started: datetime, seconds: f
         )
     for r in results:
         out += ["", f"## `{r.path}`", "", "Tests: " + ", ".join(f"`{t}`" for t in r.tests), ""]
+        if r.functions:
+            out += ["Only the mutants of: " + ", ".join(f"`{f}`" for f in r.functions), ""]
         if not r.uncaught:
             out.append("No survivors." if not r.error else r.error)
             continue
@@ -519,8 +579,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="markdown report")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 4, help="mutants at once")
     parser.add_argument("--list", action="store_true", help="print the module -> tests table")
+    parser.add_argument(
+        "--function",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this function's or method's (Class.name) mutants; one module; repeatable",
+    )
     args = parser.parse_args(argv)
     modules = select(args.modules)
+    if args.function and len(modules) != 1:
+        raise SystemExit("tools/mutate: --function needs exactly one module")
+    function_patterns(modules[0], args.function)  # an unknown name is refused before any work
     if args.list:
         for module in modules:
             print(f"{module}: {' '.join(TESTS[module])}")
@@ -531,13 +601,14 @@ def main(argv: list[str] | None = None) -> int:
     files = working_tree_files()
     clock = time.monotonic()
     results = []
-    for module in modules:
-        result = run_module(module, files, args.jobs)
-        results.append(result)
-        print(result.score_line(), flush=True)
-        for m in result.uncaught:
-            print(f"  {survivor_heading(module, m)}")
-            print("    " + "\n    ".join(m.diff.splitlines()))
+    with postgres_for_tests():
+        for module in modules:
+            result = run_module(module, files, args.jobs, args.function)
+            results.append(result)
+            print(result.score_line(), flush=True)
+            for m in result.uncaught:
+                print(f"  {survivor_heading(module, m)}")
+                print("    " + "\n    ".join(m.diff.splitlines()))
     elapsed = time.monotonic() - clock
 
     args.report.parent.mkdir(parents=True, exist_ok=True)
