@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
+import yoyo.backends.base
 from yoyo import get_backend, read_migrations
 from yoyo.migrations import MigrationList
 
-from manager_gateway.ledger.migrate import migrate_sqlite
+from manager_gateway.ledger import migrate
+from manager_gateway.ledger.migrate import MigrationError, migrate_postgres, migrate_sqlite
 from manager_gateway.ledger.sqlite import LEDGER_FILE
 from manager_gateway.ledger.verify import verify_ledger
 
@@ -167,3 +170,69 @@ async def test_a_postgresql_ledger_at_its_first_migration_takes_the_next_one_wit
     assert sorted(applied) == sorted(path.stem for path in PG_MIGRATIONS.glob("*.sql"))
     assert version == (1,)  # counted from the first change after the migration
     assert h.verify() == []
+
+
+PG_ALL = sorted(path.stem for path in PG_MIGRATIONS.glob("*.sql"))
+
+
+def test_both_spellings_of_a_postgresql_url_are_migrated(postgres: PostgresServer) -> None:
+    """`postgres://` is libpq's other spelling; a `://` later in the URL (a query value) does
+    not change which engine it names."""
+    short = "postgres://" + postgres.database().partition("://")[2]
+    assert sorted(migrate_postgres(short)) == PG_ALL
+    assert migrate_postgres(short) == []  # up to date: nothing applied twice
+    odd = postgres.database() + "&application_name=gateway://migrate"
+    assert sorted(migrate_postgres(odd)) == PG_ALL
+
+
+def test_a_url_of_another_database_is_refused_by_name() -> None:
+    with pytest.raises(MigrationError) as refused:
+        migrate_postgres("mysql://root@localhost/ledger")
+    assert str(refused.value) == "not a PostgreSQL URL: mysql://..."
+
+
+def test_an_unreachable_server_is_one_line_naming_the_cause(tmp_path: Path) -> None:
+    """libpq's message runs over several lines; the refusal is one, with its words intact."""
+    url = f"postgresql://nobody@/ledger?host={tmp_path}&port=1"  # no server listens there
+    with pytest.raises(MigrationError) as refused:
+        migrate_postgres(url)
+    message = str(refused.value)
+    prefix = "cannot connect to the ledger to migrate it: "
+    assert message.startswith(prefix)
+    assert "No such file or directory" in message and str(tmp_path) in message
+    assert "\n" not in message and "  " not in message
+
+
+def test_a_migration_held_by_another_process_is_refused_after_the_wait(
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock row left by a process killed while migrating: the start gives up after
+    LOCK_TIMEOUT_S and says what to do, and applies nothing."""
+    url = postgres.database()
+    migrate_postgres(url)  # creates yoyo's tables
+    with psycopg.connect(url) as db:
+        db.execute("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now(), 4242)")
+    monkeypatch.setattr(migrate, "LOCK_TIMEOUT_S", 0.2)
+    with pytest.raises(MigrationError) as refused:
+        migrate_postgres(url)
+    assert str(refused.value) == (
+        "another process has been migrating this ledger for over 0.2 s; if none is (one was"
+        " killed while migrating), remove its row from yoyo_lock"
+    )
+
+
+def test_a_file_that_is_not_a_ledger_is_refused_at_once_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused before yoyo's lock, which retries any database error for LOCK_TIMEOUT_S."""
+
+    def no_waiting(seconds: float) -> None:
+        raise AssertionError(f"waited {seconds} s for a lock on a file that is not a ledger")
+
+    monkeypatch.setattr(yoyo.backends.base.time, "sleep", no_waiting)
+    path = tmp_path / LEDGER_FILE
+    path.write_bytes(b"not a database\n" * 1000)
+    with pytest.raises(MigrationError) as refused:
+        migrate_sqlite(path)
+    assert str(refused.value) == "migrating the ledger failed: file is not a database"
+    assert path.read_bytes() == b"not a database\n" * 1000

@@ -54,6 +54,10 @@ def _migrate(uri: str, engine: str) -> list[str]:
         raise MigrationError(f"cannot connect to the ledger to migrate it: {_line(exc)}") from exc
     try:
         migrations = read_migrations(_SOURCES[engine])
+        # yoyo's lock retries every database error until its timeout: a file that is not a
+        # ledger would cost a start LOCK_TIMEOUT_S before its error. Reading the catalogue
+        # fails at once.
+        backend.list_tables()
         with backend.lock(timeout=LOCK_TIMEOUT_S):
             todo = backend.to_apply(migrations)
             backend.apply_migrations(todo)
