@@ -234,6 +234,24 @@ async def test_new_keys_cost_no_look_up_and_retries_one_per_batch(
     ]
 
 
+async def test_a_restart_with_exactly_a_window_of_keys_holds_them_all(
+    make_gateway: GatewayFactory, tmp_path: Any, frozen_clock: FakeClock
+) -> None:
+    """A ledger with exactly WINDOW live keys comes back whole into memory: nothing is left on
+    disk to look up, so a new key after the restart costs no look-up, as before it."""
+    h, client = await started(make_gateway, tmp_path, clock=frozen_clock)
+    (ack,) = await spread(h, client, WINDOW - len(LOGINS), "n")  # fills the key window, no more
+    await h.close_clients()
+    await h.gateway.shutdown()
+    again = await windowed(make_gateway, tmp_path, data_dir=h.data_dir, clock=frozen_clock)
+    client = await again.client(ttl_s=2 * TTL_S)
+    assert again.gateway.runtime.state.key_count == WINDOW
+    data = {"login": LOGINS[0], "amount": 1, "comment": "n0"}
+    assert await client.ok("BalanceIn", data, ext_id="n0") == ack
+    await client.ok("BalanceIn", {"login": LOGINS[0], "amount": 5}, ext_id="fresh")
+    assert counting(again).fetches == [], counting(again).fetches
+
+
 async def test_sync_retry_after_504_is_answered_after_its_key_left_memory(
     make_gateway: GatewayFactory, tmp_path: Any, frozen_clock: FakeClock
 ) -> None:
