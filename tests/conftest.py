@@ -7,6 +7,7 @@ import contextlib
 import errno
 import itertools
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -14,11 +15,13 @@ from types import ModuleType
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
 import structlog
 import structlog.testing
 
 from manager_gateway.config import Settings, load_settings
+from manager_gateway.ledger.sqlite import LEDGER_FILE
 from manager_gateway.ledger.threaded import ThreadedLedger
 from manager_gateway.ledger.verify import verify_ledger, verify_postgres
 from manager_gateway.runtime.storage import Storage
@@ -191,6 +194,19 @@ class Harness:
         """`ledger verify` of this gateway's ledger, whichever engine: (problems, summary)."""
         url = self.gateway.settings.ledger_url
         return verify_postgres(url) if url else verify_ledger(self.data_dir)
+
+    def stored(self, sql: str) -> list[tuple[Any, ...]]:
+        """Rows of this gateway's ledger, read behind its back as another process would, on
+        either engine (a plain SELECT reads the same on both)."""
+        url = self.gateway.settings.ledger_url
+        if url:
+            with psycopg.connect(url) as pg:
+                return pg.execute(sql).fetchall()  # type: ignore[arg-type]  # our own SQL
+        db = sqlite3.connect(f"file:{self.data_dir / LEDGER_FILE}?mode=ro", uri=True)
+        try:
+            return db.execute(sql).fetchall()
+        finally:
+            db.close()
 
     def verify(self) -> list[str]:
         """`ledger verify`'s problems with this gateway's ledger."""

@@ -8,27 +8,19 @@ key ages are exact.
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
-from manager_gateway.ledger.sqlite import LEDGER_FILE
-from manager_gateway.ledger.verify import verify_ledger
 from manager_gateway.session.access import SessionType
 
-from ..conftest import DEMO_USER, GatewayFactory
+from ..conftest import DEMO_USER, GatewayFactory, Harness
 from ..fakes import FakeClock
+from ..postgres import on_both_engines  # noqa: F401 (runs every test here on both engines)
 
 TTL_S = 60
 LOGIN = 1001
 
 
-def stored_keys(data_dir: Path) -> dict[str, float]:
+def stored_keys(gw: Harness) -> dict[str, float]:
     """extID -> created_at of every key in the ledger, read as another process would."""
-    db = sqlite3.connect(f"file:{data_dir / LEDGER_FILE}?mode=ro", uri=True)
-    try:
-        return dict(db.execute("SELECT ext_id, created_at FROM idempotency").fetchall())
-    finally:
-        db.close()
+    return dict(gw.stored("SELECT ext_id, created_at FROM idempotency"))
 
 
 async def test_expired_keys_are_purged_from_the_ledger_by_the_next_commit(
@@ -48,22 +40,22 @@ async def test_expired_keys_are_purged_from_the_ledger_by_the_next_commit(
     await client.ok("CreditIn", credit, ext_id="old")
     clock.advance(30)
     await client.ok("CreditIn", credit, ext_id="young")
-    assert stored_keys(gw.data_dir) == {"user": start, "old": start, "young": start + 30}
+    assert stored_keys(gw) == {"user": start, "old": start, "young": start + 30}
 
     clock.advance(TTL_S - 30 + 1)  # "user" and "old" are past the TTL, "young" is not
     await client.ok("GetAccountByLogin", {"login": LOGIN})  # a read commits nothing
-    assert stored_keys(gw.data_dir).keys() == {"user", "old", "young"}
+    assert stored_keys(gw).keys() == {"user", "old", "young"}
     await client.ok("CreditIn", credit, ext_id="next")
     now = start + TTL_S + 1
-    assert stored_keys(gw.data_dir) == {"young": start + 30, "next": now}
+    assert stored_keys(gw) == {"young": start + 30, "next": now}
     assert runtime.state.key_count == 2
 
     await client.ok("CreditIn", credit, ext_id="old")  # purged: applied again, a new key
-    assert stored_keys(gw.data_dir) == {"young": start + 30, "next": now, "old": now}
+    assert stored_keys(gw) == {"young": start + 30, "next": now, "old": now}
     clock.advance(TTL_S + 1)  # every key so far is past the TTL now
     await client.ok("CreditIn", credit, ext_id="last")
-    assert stored_keys(gw.data_dir) == {"last": now + TTL_S + 1}
+    assert stored_keys(gw) == {"last": now + TTL_S + 1}
     assert runtime.state.key_count == 1
     account = await client.ok("GetAccountByLogin", {"login": LOGIN})
     assert account["credit"] == 5.0  # old, young, next, old again, last
-    assert verify_ledger(gw.data_dir)[0] == []
+    assert gw.verify() == []

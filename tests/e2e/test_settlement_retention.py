@@ -8,11 +8,10 @@ from decimal import Decimal
 
 import aiohttp
 
-from manager_gateway.ledger.verify import verify_ledger
-
 from ..conftest import GatewayFactory
 from ..fakes import FakeClock
 from ..platform import Platform, adjustment, base_url, fund, settlement_gateway
+from ..postgres import on_both_engines  # noqa: F401 (runs every test here on both engines)
 
 DAY_S = 86400
 
@@ -48,7 +47,7 @@ async def test_a_journal_row_is_forgotten_at_its_retention_to_the_second(
         assert again["data"]["order"] != first["data"]["order"]  # applied anew
         account = h.gateway.runtime.account(8001)
         assert account is not None and account.credit == Decimal("78.00")  # 100 - 10 - 1 - 1 - 10
-    assert verify_ledger(h.data_dir)[0] == []
+    assert h.verify() == []
 
 
 async def test_a_row_read_back_from_the_ledger_is_forgotten_at_its_retention_too(
@@ -80,4 +79,4 @@ async def test_a_row_read_back_from_the_ledger_is_forgotten_at_its_retention_too
         again = await platform.adjust(old, **now())
         assert again["code"] == "0"
         assert again["data"]["order"] != first["data"]["order"]  # applied anew
-    assert verify_ledger(h.data_dir)[0] == []
+    assert h.verify() == []
