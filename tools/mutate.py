@@ -163,8 +163,11 @@ TESTS: dict[str, tuple[str, ...]] = {
     # PostgreSQL: each test starts gateways on a database of its own. test_node_failover.py is
     # left out: its nodes are processes, which never see a mutant.
     f"{PKG}/ledger/postgres.py": (
+        "tests/e2e/test_postgres_ledger.py",
         "tests/e2e/test_nodes.py",
         "tests/e2e/test_migrations.py",
+        "tests/e2e/test_key_expiry.py",
+        "tests/e2e/test_settlement_retention.py",
         "tests/e2e/test_idempotency.py",
         "tests/e2e/test_settlement.py",
         "tests/e2e/test_commands.py",
