@@ -136,3 +136,20 @@ async def test_timed_out_shutdown_answers_the_held_batch_and_the_queue_503(
     assert account["status"] == 200, account
     assert (account["data"]["balance"], account["data"]["credit"]) == (0.0, 0.0)
     assert writer.orphans == [] and other.orphans == []
+
+
+async def test_a_clean_shutdown_leaves_the_ledger_as_one_file(make_gateway: GatewayFactory) -> None:
+    """Every connection to the ledger, the history readers' included, is closed: SQLite then
+    folds its write-ahead log into the file and deletes it, so a copy of the one file is a
+    whole backup."""
+    gw = await make_gateway()
+    client = await gw.client()
+    await gw.add_user(client, 5001)
+    await client.ok("BalanceInSync", {"login": 5001, "amount": 10})
+    assert (await client.ok("MngGetTradesByFilter", {}))["count"] == 1  # a reader's connection
+    assert (gw.data_dir / f"{LEDGER_FILE}-wal").exists()  # while it serves
+    await gw.close_clients()
+    await gw.gateway.shutdown()
+    ledger_files = sorted(p.name for p in gw.data_dir.iterdir() if p.name.startswith(LEDGER_FILE))
+    assert ledger_files == [LEDGER_FILE]
+    assert ledger_comments(gw.data_dir) == ["Finance"]  # and it reads back whole
