@@ -1,22 +1,26 @@
 """The PostgreSQL ledger's own duties, on a real server (docs/scaling.md): housekeeping at most
 once a second of batch time, the outbox pruned by age on the database's clock, a lost writer
-connection failing only the batch that saw it, and connections named for `pg_stat_activity`.
-A listener that reconnects and catches up is tested with nodes as processes, frozen while the
-database cuts them off (test_node_failover.py)."""
+connection failing only the batch that saw it, a listening connection that is cut, refused or
+silent coming back and catching up, and connections named for `pg_stat_activity`."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
+from manager_gateway.ledger import postgres as engine
 from manager_gateway.ledger.postgres import PostgresLedger, lock_id
 from manager_gateway.runtime.storage import Batch, StorageError
 
-from ..conftest import GatewayFactory, Harness
+from ..conftest import Client, GatewayFactory, Harness, captured_log
 from ..fakes import FakeClock
 from ..postgres import PostgresServer
 
@@ -134,6 +138,111 @@ async def test_a_lost_writer_connection_fails_the_batch_that_saw_it_and_the_next
     assert account["balance"] == 3
     assert h.stored("SELECT ext_id FROM idempotency WHERE ext_id = 'held'") == []
     assert h.verify() == []
+
+
+def backends(url: str, application_name: str) -> list[int]:
+    """The server processes of the connections with that name."""
+    rows = sql(
+        url, "SELECT pid FROM pg_stat_activity WHERE application_name = %s", application_name
+    )
+    return [row[0] for row in rows]
+
+
+async def two_nodes(make_gateway: GatewayFactory, tmp_path: Path) -> tuple[Client, Harness, Client]:
+    """Node A's client; node B and its client, whose session hears events."""
+    a = await make_gateway(data_dir=tmp_path / "a", jwt_secret=SECRET)
+    b = await make_gateway(data_dir=tmp_path / "b", jwt_secret=SECRET)
+    on_a, on_b = await a.client(), await b.client()
+    await on_b.ok("HealthCheck")  # B's session hears events from here on
+    await a.add_user(on_a, LOGIN)
+    return on_a, b, on_b
+
+
+async def hears_credits(on_a: Client, on_b: Client, amounts: list[float]) -> None:
+    """A credits LOGIN; B's session gets each trade and balance event once, in order."""
+    made = [await on_a.ok("BalanceInSync", {"login": LOGIN, "amount": n}) for n in amounts]
+    got = [await on_b.next_event(timeout=10) for _ in range(2 * len(amounts))]
+    assert [e["data"] for e in got if e["event"] == "trade:event"] == made
+    balances = [e["data"]["balance"] for e in got if e["event"] == "balance:event"]
+    assert balances[-1] == (await on_a.ok("GetAccountByLogin", {"login": LOGIN}))["balance"]
+    assert balances == sorted(balances) and len(balances) == len(amounts)
+
+
+async def test_a_listener_cut_again_and_again_while_it_sets_up_keeps_coming_back(
+    make_gateway: GatewayFactory, tmp_path: Path, postgres: PostgresServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Each of B's listening connections is cut as soon as it appears, often in the middle of
+    its LISTEN, where asyncpg raises errors it does not document (InternalClientError): the
+    feed that stopped on one of them left B deaf to every other node for good."""
+    on_a, b, on_b = await two_nodes(make_gateway, tmp_path)
+    listener = f"gateway-{node_of(b)}-events"
+    with captured_log(monkeypatch, engine) as logs:
+        cut: set[int] = set()
+        for _ in range(8):
+            await until(lambda: bool(set(backends(postgres.url, listener)) - cut), "a listener")
+            (pid,) = set(backends(postgres.url, listener)) - cut
+            sql(postgres.url, "SELECT pg_terminate_backend(%s)", pid)
+            cut.add(pid)
+        await hears_credits(on_a, on_b, [1, 2])
+    assert len([e for e in logs if e["event"] == "peer_listener_lost"]) >= 1
+
+
+async def test_a_node_refused_by_the_database_retries_then_catches_up(
+    make_gateway: GatewayFactory, tmp_path: Path, ledger_url: str, postgres: PostgresServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """B's listening connection is cut and the database refuses new ones for a while; A
+    commits meanwhile. B retries with a doubling delay, and once back its session gets A's
+    events once, in order, from the outbox."""
+    on_a, b, on_b = await two_nodes(make_gateway, tmp_path)
+    database = urlsplit(ledger_url).path.lstrip("/")
+    listener = f"gateway-{node_of(b)}-events"
+    await until(lambda: bool(backends(postgres.url, listener)), "B listens")
+    with captured_log(monkeypatch, engine) as logs:
+        sql(postgres.url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        try:
+            sql(postgres.url, "SELECT pg_terminate_backend(%s)", *backends(postgres.url, listener))
+            made = [await on_a.ok("BalanceInSync", {"login": LOGIN, "amount": n}) for n in (1, 2)]
+
+            def retried() -> bool:
+                return len([e for e in logs if e["event"] == "peer_listener_unavailable"]) >= 3
+
+            await until(retried, "B retried three times")
+        finally:
+            sql(postgres.url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        got = [await on_b.next_event(timeout=10) for _ in range(4)]
+    assert [e["data"] for e in got if e["event"] == "trade:event"] == made
+    assert [e["data"]["balance"] for e in got if e["event"] == "balance:event"] == [1, 3]
+    (lost,) = [e for e in logs if e["event"] == "peer_listener_lost"]
+    assert lost["log_level"] == "warning"
+    retries = [e for e in logs if e["event"] == "peer_listener_unavailable"]
+    assert [e["retry_s"] for e in retries[:3]] == [0.1, 0.2, 0.4]
+    assert all(database in e["error"] and e["log_level"] == "warning" for e in retries[:3])
+    assert max(e["retry_s"] for e in retries) <= engine.RECONNECT_MAX_S
+
+
+async def test_a_silent_listening_connection_is_probed_and_replaced(
+    make_gateway: GatewayFactory, tmp_path: Path, postgres: PostgresServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """B's listening connection stays open but answers nothing (its server process frozen, as
+    behind a network gone dead): after LISTEN_PROBE_S without a word a probe finds it, and
+    B listens on a new connection and catches up."""
+    monkeypatch.setattr(engine, "LISTEN_PROBE_S", 0.2)
+    on_a, b, on_b = await two_nodes(make_gateway, tmp_path)
+    listener = f"gateway-{node_of(b)}-events"
+    await until(lambda: bool(backends(postgres.url, listener)), "B listens")
+    (frozen,) = backends(postgres.url, listener)
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        with captured_log(monkeypatch, engine) as logs:
+            await hears_credits(on_a, on_b, [1, 2])
+        (lost,) = [e for e in logs if e["event"] == "peer_listener_lost"]
+        assert lost["error"] == "TimeoutError"  # the probe's
+        assert backends(postgres.url, listener) not in ([], [frozen])
+    finally:
+        os.kill(frozen, signal.SIGCONT)
 
 
 async def test_every_connection_is_named_for_its_node_and_role(

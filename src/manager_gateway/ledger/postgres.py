@@ -72,6 +72,11 @@ EVENT_AGE_S = 3600.0
 CHANNEL = "gateway_account_events"
 #: The longest a node waits between attempts to reconnect its listening connection.
 RECONNECT_MAX_S = 5.0
+#: How long the listening connection may stay quiet before a probe checks that it still
+#: answers: a connection lost without a word (a network gone dead, a server process frozen, or
+#: a cut asyncpg does not report because it came while LISTEN was being set up) is replaced
+#: within about twice this.
+LISTEN_PROBE_S = 5.0
 
 # What a connection-level failure looks like: the server went away, the socket broke.
 _CONNECTION_ERRORS = (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError)
@@ -479,35 +484,45 @@ class PostgresLedger:
         """LISTEN on a connection of its own; each NOTIFY from another node brings its batch's
         events. After every (re)connect, first a catch-up: what was committed while this node
         was not listening is read from the outbox (`events_after`)."""
+        # Any exception, not only asyncpg's documented ones: a cut that meets an operation in
+        # progress can raise InternalClientError, and this feed must outlive every connection.
         delay = 0.1
         while not self._closed:
             try:
                 listener = await asyncpg.connect(
                     self._url, server_settings=self._settings("events")
                 )
-            except _ERRORS as exc:
-                log.warning("peer_listener_unavailable", error=str(exc), retry_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_S)
+            except Exception as exc:
+                delay = await _retry_after(delay, error=_reason(exc))
                 continue
-            delay = 0.1
+            listened = False
             try:
                 async for events in self._listen(listener):
+                    listened, delay = True, 0.1
                     yield events
                 log.warning("peer_listener_lost")
-            except _ERRORS as exc:
-                log.warning("peer_listener_lost", error=str(exc))
+            except Exception as exc:
+                log.warning("peer_listener_lost", error=_reason(exc))
             finally:
                 listener.terminate()
+            if not listened:  # lost before it listened: wait, as after a failed connect
+                delay = await _retry_after(delay)
 
     async def _listen(self, listener: asyncpg.Connection) -> AsyncIterator[PeerEvents]:
         """A catch-up, then each other node's batch as its NOTIFY arrives, until the connection
-        is lost."""
+        is lost (or, quiet for LISTEN_PROBE_S, fails its probe)."""
         notes: asyncio.Queue[str | None] = asyncio.Queue()
         listener.add_termination_listener(lambda _: notes.put_nowait(None))
         await listener.add_listener(CHANNEL, lambda *args: notes.put_nowait(args[3]))
         yield PeerEvents([], catch_up=True)
-        while (note := await notes.get()) is not None:
+        while True:
+            try:
+                note = await asyncio.wait_for(notes.get(), LISTEN_PROBE_S)
+            except TimeoutError:
+                await listener.execute("SELECT 1", timeout=LISTEN_PROBE_S)  # or it is lost
+                continue
+            if note is None:
+                return
             node, _, number = note.partition(" ")
             if node == self.node:
                 continue
@@ -563,6 +578,19 @@ class PostgresLedger:
             self._readers.terminate()
         if self._writer is not None:
             self._writer.terminate()
+
+
+def _reason(exc: Exception) -> str:
+    """An error for the log: its message, or its kind when it has none (a timeout)."""
+    return str(exc) or type(exc).__name__
+
+
+async def _retry_after(delay: float, **why: str) -> float:
+    """Wait `delay` before the listener's next attempt; the delay after that one (doubled, up
+    to RECONNECT_MAX_S)."""
+    log.warning("peer_listener_unavailable", retry_s=delay, **why)
+    await asyncio.sleep(delay)
+    return min(delay * 2, RECONNECT_MAX_S)
 
 
 async def _free_logins(db: asyncpg.Connection, count: int) -> list[int]:
