@@ -245,6 +245,39 @@ async def test_a_silent_listening_connection_is_probed_and_replaced(
         os.kill(frozen, signal.SIGCONT)
 
 
+async def test_a_shutdown_that_gives_up_on_a_hung_batch_leaves_no_connection_behind(
+    make_gateway: GatewayFactory, ledger_url: str
+) -> None:
+    """A batch waits on a lock the database never grants (another client holds it): the
+    shutdown gives up after shutdown_timeout_s, answers it 503, and ends every connection of
+    the node, the one the batch waits on included, so nothing of it commits later."""
+    h = await make_gateway(shutdown_timeout_s=0.2)
+    client = await h.client()
+    await h.add_user(client, LOGIN)
+    node = f"gateway-{node_of(h)}-%"
+    writer = f"gateway-{node_of(h)}-writer"
+    with psycopg.connect(ledger_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (lock_id("key", "1", "hung"),))
+        hung = client.send("BalanceIn", {"login": LOGIN, "amount": 7}, ext_id="hung")
+
+        def waiting() -> bool:
+            query = "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
+            return bool(sql(ledger_url, query + " AND wait_event_type = 'Lock'", writer))
+
+        await until(waiting, "the batch waits for the key's lock")
+        await asyncio.wait_for(h.gateway.shutdown(), 10)
+        assert not h.gateway.ledger_finished
+        assert (await hung)["error"] == "SHUTTING_DOWN"
+
+        def gone() -> bool:
+            query = "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE %s"
+            return not sql(ledger_url, query, node)
+
+        await until(gone, "every connection of the node ended")
+    assert sql(ledger_url, "SELECT ext_id FROM idempotency WHERE ext_id = 'hung'") == []
+    assert sql(ledger_url, "SELECT balance FROM accounts") == [(0,)]
+
+
 async def test_every_connection_is_named_for_its_node_and_role(
     make_gateway: GatewayFactory, ledger_url: str
 ) -> None:
