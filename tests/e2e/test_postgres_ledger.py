@@ -18,7 +18,7 @@ import pytest
 
 from manager_gateway.ledger import postgres as engine
 from manager_gateway.ledger.postgres import PostgresLedger, lock_id
-from manager_gateway.runtime.storage import Batch, StorageError
+from manager_gateway.runtime.storage import Batch, RecordFilter, StorageError
 
 from ..conftest import Client, GatewayFactory, Harness, captured_log
 from ..fakes import FakeClock
@@ -307,3 +307,27 @@ async def test_a_commit_no_fetch_began_is_refused_and_writes_nothing(ledger_url:
     finally:
         await ledger.close()
     assert sql(ledger_url, "SELECT count(*) FROM accounts") == [(0,)]
+
+
+async def test_history_reads_that_fail_name_the_databases_reason(ledger_url: str) -> None:
+    """Before the ledger is open, and when the database refuses a read, each history read
+    raises StorageError saying why: that text is what the operator's log shows."""
+    ledger = PostgresLedger(ledger_url)
+    with pytest.raises(StorageError, match=r"^the ledger is not open$"):
+        await ledger.record(1)
+    await ledger.load(10)
+    try:
+        sql(ledger_url, "ALTER TABLE records RENAME TO records_away")
+        sql(ledger_url, "ALTER TABLE settlement_journal RENAME TO journal_away")
+        reads = [
+            ("records", ledger.record(1)),
+            ("records", ledger.find_records(RecordFilter())),
+            ("settlement_journal", ledger.journal_rows()),
+        ]
+        for table, read in reads:
+            with pytest.raises(StorageError) as failed:
+                await read
+            reason = f'relation "{table}" does not exist'
+            assert str(failed.value).startswith(f"ledger read failed: {reason}")
+    finally:
+        await ledger.close()
