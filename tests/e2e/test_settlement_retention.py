@@ -10,7 +10,7 @@ import aiohttp
 
 from ..conftest import GatewayFactory
 from ..fakes import FakeClock
-from ..platform import Platform, adjustment, base_url, fund, settlement_gateway
+from ..platform import Platform, adjustment, base_url, cancellation, fund, settlement_gateway
 from ..postgres import on_both_engines  # noqa: F401 (runs every test here on both engines)
 
 DAY_S = 86400
@@ -79,4 +79,39 @@ async def test_a_row_read_back_from_the_ledger_is_forgotten_at_its_retention_too
         again = await platform.adjust(old, **now())
         assert again["code"] == "0"
         assert again["data"]["order"] != first["data"]["order"]  # applied anew
+    assert h.verify() == []
+
+
+async def test_a_tombstone_past_its_retention_gives_way_to_its_adjustment(
+    make_gateway: GatewayFactory, frozen_clock: FakeClock
+) -> None:
+    """A cancel that came before its adjustment leaves a tombstone that refuses the adjustment.
+    Once the tombstone's retention has passed, the adjustment is applied, and its row in the
+    ledger is an adjustment's throughout: the tombstone's row is replaced, not patched."""
+    h = await settlement_gateway(make_gateway, clock=frozen_clock, settlement_retention_days=1)
+    await fund(await h.client(), h, 8001, credit=100)
+
+    def now() -> dict[str, str]:
+        return {"timestamp": str(int(frozen_clock.wall() * 1000))}
+
+    late = adjustment(8001, "10.00")
+    number = late["requestUniqueNo"]
+    async with aiohttp.ClientSession() as session:
+        platform = Platform(base_url(h), session)
+        await platform.cancel(cancellation(8001, number, "10.00"), **now())
+        assert (await platform.adjust(late, **now()))["code"] != "0"
+        assert h.stored(f"SELECT kind FROM settlement_journal WHERE number = '{number}'") == [
+            ("tombstone",)
+        ]
+        frozen_clock.advance(DAY_S - 0.5)
+        assert (await platform.adjust(adjustment(8001, "1.00"), **now()))["code"] == "0"
+        frozen_clock.advance(0.5)  # the tombstone's retention: this commit forgets it
+        assert (await platform.adjust(adjustment(8001, "1.00"), **now()))["code"] == "0"
+        # PostgreSQL deletes rows at most once a second, so its row may still be there.
+        applied = await platform.adjust(late, **now())
+        assert applied["code"] == "0"
+    rows = h.stored(f"SELECT kind, code FROM settlement_journal WHERE number = '{number}'")
+    assert rows == [("adjustment", "0")]
+    account = h.gateway.runtime.account(8001)
+    assert account is not None and account.credit == Decimal("88.00")
     assert h.verify() == []

@@ -136,6 +136,11 @@ class PostgresLedger:
         self._tx: Any = None  # the batch's transaction, from `fetch` to `commit` or `discard`
         self._locked: set[int] = set()  # logins that existed when `fetch` locked them
         self._purged_until = 0.0
+        # Journal rows this node's committed batches pruned: housekeeping may not have deleted
+        # them yet (once a second), and a row fetched again would be decided on as live, so it
+        # ends at the same commit as on SQLite. (Keys need no such care: a key's age is checked
+        # where a retry is decided.)
+        self._journal_pruned_until = 0.0
 
     # -- connections ----------------------------------------------------------------------------
 
@@ -249,10 +254,12 @@ class PostgresLedger:
                 for row in await db.fetch(
                     f"SELECT {JOURNAL_COLUMNS} FROM settlement_journal"
                     " WHERE (company, space, number) IN"
-                    " (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[]))",
+                    " (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[]))"
+                    " AND created_at > $4",
                     [k[0] for k in lookup.journal],
                     [k[1] for k in lookup.journal],
                     [k[2] for k in lookup.journal],
+                    self._journal_pruned_until,
                 )
             ]
         orders = {*lookup.orders, *(r.finance_order for r in journal if r.finance_order)}
@@ -315,6 +322,8 @@ class PostgresLedger:
             raise StorageError(
                 f"ledger commit failed: {exc}", maybe_committed=isinstance(exc, _CONNECTION_ERRORS)
             ) from exc
+        if batch.prune_journal_until is not None:
+            self._journal_pruned_until = max(self._journal_pruned_until, batch.prune_journal_until)
         await self._purge(db, batch)
 
     async def _write(self, db: asyncpg.Connection, batch: Batch) -> None:
