@@ -109,10 +109,9 @@ def _unnest(types: str) -> str:
     return f"SELECT * FROM unnest({casts})"
 
 
-def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    """Row tuples as one list per column (what `unnest` takes)."""
-    if not rows:
-        return [[] for _ in range(width)]
+def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Row tuples as one list per column (what `unnest` takes). Never empty: a batch writes a
+    table only when it has rows for it."""
     return [list(column) for column in zip(*rows, strict=True)]
 
 
@@ -338,12 +337,12 @@ class PostgresLedger:
                 " version = n.version"
                 f" FROM ({_unnest(_ACCOUNT_TYPES)}) AS n ({_ACCOUNT_SELECT})"
                 " WHERE a.login = n.login",
-                *_columns([_account_row(a) for a in updated], 13),
+                *_columns([_account_row(a) for a in updated]),
             )
         if created:  # a login another node took meanwhile fails the batch, never overwrites
             await db.execute(
                 f"INSERT INTO accounts ({_ACCOUNT_SELECT}) {_unnest(_ACCOUNT_TYPES)}",
-                *_columns([_account_row(a) for a in created], 13),
+                *_columns([_account_row(a) for a in created]),
             )
         if batch.records:
             await db.copy_records_to_table(
@@ -359,7 +358,7 @@ class PostgresLedger:
                 " ON CONFLICT (subject, ext_id) DO UPDATE SET command = EXCLUDED.command,"
                 " digest = EXCLUDED.digest, outcome = EXCLUDED.outcome,"
                 " created_at = EXCLUDED.created_at",  # the expired key this one replaces
-                *_columns([_key_row(k) for k in keys], 6),
+                *_columns([_key_row(k) for k in keys]),
             )
         if batch.events:
             await self._outbox(db, batch.events)
@@ -371,9 +370,7 @@ class PostgresLedger:
                 + ", ".join(
                     f" {c} = EXCLUDED.{c}" for c in JOURNAL_COLUMNS.replace(" ", "").split(",")[3:]
                 ),
-                *_columns(
-                    [(*row[:12], row.answer_json.decode(), row.created_at) for row in rows], 14
-                ),
+                *_columns([(*row[:12], row.answer_json.decode(), row.created_at) for row in rows]),
             )
 
     async def _outbox(self, db: asyncpg.Connection, events: list[AccountEvent]) -> None:
@@ -397,8 +394,7 @@ class PostgresLedger:
                         orjson.dumps(_account_json(e.account)).decode(),
                     )
                     for e in events
-                ],
-                5,
+                ]
             ),
             CHANNEL,
             self.node,
