@@ -18,6 +18,7 @@ import pytest
 
 from manager_gateway.ledger import postgres as engine
 from manager_gateway.ledger.postgres import PostgresLedger, lock_id
+from manager_gateway.runtime import mainloop
 from manager_gateway.runtime.storage import Batch, RecordFilter, StorageError
 
 from ..conftest import Client, GatewayFactory, Harness, captured_log
@@ -82,6 +83,51 @@ async def test_housekeeping_runs_at_most_once_a_second_of_batch_time(
     await client.ok("CreditIn", credit, ext_id="d")
     assert keys() == {"b", "c", "d"}
     assert h.verify() == []
+
+
+async def test_each_purge_deletes_at_most_purge_rows_per_table(
+    make_gateway: GatewayFactory, ledger_url: str, frozen_clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Housekeeping deletes a bounded number of rows per table and statement, so a backlog
+    (a node that was down) costs several short purges, never one long one."""
+    monkeypatch.setattr(engine, "PURGE_ROWS", 2)
+    h = await make_gateway(idempotency_ttl_s=TTL_S, clock=frozen_clock)
+    client = await h.client(ttl_s=10 * TTL_S)
+    await h.add_user(client, LOGIN)
+    old = frozen_clock.wall() - 200 * 86400  # past any key's TTL and the journal's retention
+    sql(
+        ledger_url,
+        "INSERT INTO idempotency SELECT '9', 'old' || n, 'BalanceIn', 'd', '{}', %s"
+        " FROM generate_series(1, 3) AS n",
+        old,
+    )
+    sql(
+        ledger_url,
+        "INSERT INTO settlement_journal SELECT 1, 'requests', 'old' || n, 'adjustment', 'f',"
+        " '0', NULL, 'u', NULL, '1', NULL, NULL, '{}', %s FROM generate_series(1, 3) AS n",
+        old,
+    )
+    sql(
+        ledger_url,
+        "INSERT INTO account_events (login, version, batch, event_type, data, account,"
+        " created_at) SELECT 9, n, 0, NULL, NULL, '[]', extract(epoch FROM now()) - 7200"
+        " FROM generate_series(1, 3) AS n",
+    )
+
+    def left() -> list[int]:
+        return [
+            h.stored("SELECT count(*) FROM idempotency WHERE ext_id LIKE 'old%'")[0][0],
+            h.stored("SELECT count(*) FROM settlement_journal WHERE number LIKE 'old%'")[0][0],
+            h.stored("SELECT count(*) FROM account_events WHERE login = 9")[0][0],
+        ]
+
+    frozen_clock.advance(1)
+    await client.ok("BalanceIn", {"login": LOGIN, "amount": 1}, ext_id="a")
+    assert left() == [1, 1, 1]
+    frozen_clock.advance(1)
+    await client.ok("BalanceIn", {"login": LOGIN, "amount": 1}, ext_id="b")
+    assert left() == [0, 0, 0]
 
 
 async def test_outbox_rows_older_than_an_hour_on_the_databases_clock_are_pruned(
@@ -278,6 +324,26 @@ async def test_a_shutdown_that_gives_up_on_a_hung_batch_leaves_no_connection_beh
     assert sql(ledger_url, "SELECT balance FROM accounts") == [(0,)]
 
 
+async def test_a_commit_the_database_refuses_applies_nothing_and_logs_why(
+    make_gateway: GatewayFactory, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = await make_gateway()
+    client = await h.client()
+    await h.add_user(client, LOGIN)
+    sql(ledger_url, "ALTER TABLE records RENAME TO records_away")
+    try:
+        with captured_log(monkeypatch, mainloop) as logs:
+            refused = await client.request("BalanceInSync", {"login": LOGIN, "amount": 5})
+    finally:
+        sql(ledger_url, "ALTER TABLE records_away RENAME TO records")
+    assert refused["status"] == 500
+    (failed,) = [e for e in logs if e["event"] == "ledger_commit_failed"]
+    assert failed["error"].startswith('ledger commit failed: relation "records" does not exist')
+    assert (await client.ok("GetAccountByLogin", {"login": LOGIN}))["balance"] == 0
+    assert (await client.ok("BalanceInSync", {"login": LOGIN, "amount": 3}))["profit"] == 3
+    assert h.verify() == []
+
+
 async def test_every_connection_is_named_for_its_node_and_role(
     make_gateway: GatewayFactory, ledger_url: str
 ) -> None:
@@ -302,7 +368,9 @@ async def test_a_commit_no_fetch_began_is_refused_and_writes_nothing(ledger_url:
     ledger = PostgresLedger(ledger_url)
     await ledger.load(10)
     try:
-        with pytest.raises(StorageError, match="no batch was begun by fetch"):
+        with pytest.raises(
+            StorageError, match=r"^ledger commit failed: no batch was begun by fetch$"
+        ):
             await ledger.commit(Batch(next_order=2))
     finally:
         await ledger.close()
