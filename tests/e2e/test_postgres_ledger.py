@@ -149,7 +149,7 @@ async def test_outbox_rows_older_than_an_hour_on_the_databases_clock_are_pruned(
 
 
 async def test_a_lost_writer_connection_fails_the_batch_that_saw_it_and_the_next_reconnects(
-    make_gateway: GatewayFactory, ledger_url: str
+    make_gateway: GatewayFactory, ledger_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The database ends the writer's connection while a batch waits in it: that batch is
     answered 500 and applies nothing; the next one opens a new connection and is applied."""
@@ -171,14 +171,19 @@ async def test_a_lost_writer_connection_fails_the_batch_that_saw_it_and_the_next
             return bool(rows)
 
         await until(waiting, "the batch waits for the key's lock")
-        sql(
-            ledger_url,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-            writer,
-        )
-        answer = await held
+        with captured_log(monkeypatch, mainloop) as logs:
+            sql(
+                ledger_url,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                writer,
+            )
+            answer = await held
     assert answer["status"] == 500
     assert answer["message"] == "the ledger could not be read; nothing was applied"
+    (failed,) = [e for e in logs if e["event"] == "ledger_read_failed"]
+    assert failed["error"].startswith("ledger read failed: ")
+    assert "terminating connection due to administrator command" in failed["error"]
     assert (await client.ok("BalanceInSync", {"login": LOGIN, "amount": 3}))["profit"] == 3
     account = await client.ok("GetAccountByLogin", {"login": LOGIN})
     assert account["balance"] == 3
@@ -289,6 +294,56 @@ async def test_a_silent_listening_connection_is_probed_and_replaced(
         assert backends(postgres.url, listener) not in ([], [frozen])
     finally:
         os.kill(frozen, signal.SIGCONT)
+
+
+async def test_a_connection_lost_during_commit_is_answered_as_an_unknown_outcome(
+    make_gateway: GatewayFactory, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's connection is lost while PostgreSQL runs its COMMIT (held there by a
+    deferred trigger waiting on the test's lock): the gateway cannot know whether the batch
+    committed, says so, and the retry with the same extID settles it, applied once."""
+    h = await make_gateway()
+    client = await h.client()
+    await h.add_user(client, LOGIN)
+    writer = f"gateway-{node_of(h)}-writer"
+    sql(
+        ledger_url,
+        "CREATE FUNCTION wait_at_commit() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN PERFORM pg_advisory_lock(4242); PERFORM pg_advisory_unlock(4242);"
+        " RETURN NULL; END $$",
+    )
+    sql(
+        ledger_url,
+        "CREATE CONSTRAINT TRIGGER wait_at_commit AFTER UPDATE ON accounts"
+        " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION wait_at_commit()",
+    )
+    credit = {"login": LOGIN, "amount": 7}
+    with psycopg.connect(ledger_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(4242)")
+        with captured_log(monkeypatch, mainloop) as logs:
+            held = client.send("BalanceInSync", credit, ext_id="at-commit")
+
+            def committing() -> bool:
+                query = "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
+                return bool(sql(ledger_url, query + " AND query = 'COMMIT;'", writer))
+
+            await until(committing, "the batch waits in its COMMIT")
+            sql(
+                ledger_url,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                writer,
+            )
+            answer = await held
+    sql(ledger_url, "DROP TRIGGER wait_at_commit ON accounts")
+    assert answer["status"] == 500
+    assert answer["message"] == mainloop.UNKNOWN_OUTCOME
+    (failed,) = [e for e in logs if e["event"] == "ledger_commit_failed"]
+    assert failed["error"].startswith("ledger commit failed: ")
+    retried = await client.ok("BalanceInSync", credit, ext_id="at-commit")
+    assert retried["profit"] == 7
+    assert (await client.ok("GetAccountByLogin", {"login": LOGIN}))["balance"] == 7
+    assert h.verify() == []
 
 
 async def test_a_shutdown_that_gives_up_on_a_hung_batch_leaves_no_connection_behind(
