@@ -92,3 +92,10 @@ def on_both_engines(request: pytest.FixtureRequest) -> str:
         return ""
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.database()
+
+
+@pytest.fixture(name="ledger_url")
+def on_postgresql(postgres: PostgresServer) -> str:
+    """Imported into a test module, this replaces conftest's `ledger_url` there: every test of
+    the module runs on a new PostgreSQL database."""
+    return postgres.database()

@@ -11,20 +11,14 @@ from typing import Any
 
 import aiohttp
 import psycopg
-import pytest
 
 from ..conftest import Client, GatewayFactory, Harness
 from ..platform import Platform, adjustment, base_url, cancellation, fund, settlement_gateway
-from ..postgres import PostgresServer
+from ..postgres import PostgresServer, on_postgresql  # noqa: F401 (every test here)
 
 SECRET = "nodes-share-one-signing-secret-of-32-bytes"
 HOT = 1001
 SEED = 20261202
-
-
-@pytest.fixture
-def ledger_url(postgres: PostgresServer) -> str:
-    return postgres.database()
 
 
 async def nodes(

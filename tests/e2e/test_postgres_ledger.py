@@ -23,16 +23,11 @@ from manager_gateway.runtime.storage import Batch, RecordFilter, StorageError
 
 from ..conftest import Client, GatewayFactory, Harness, captured_log
 from ..fakes import FakeClock
-from ..postgres import PostgresServer
+from ..postgres import PostgresServer, on_postgresql  # noqa: F401 (every test here)
 
 SECRET = "nodes-share-one-signing-secret-of-32-bytes"
 LOGIN = 1001
 TTL_S = 60
-
-
-@pytest.fixture
-def ledger_url(postgres: PostgresServer) -> str:
-    return postgres.database()
 
 
 def sql(url: str, statement: str, *params: object) -> list[tuple[Any, ...]]:
@@ -172,12 +167,7 @@ async def test_a_lost_writer_connection_fails_the_batch_that_saw_it_and_the_next
 
         await until(waiting, "the batch waits for the key's lock")
         with captured_log(monkeypatch, mainloop) as logs:
-            sql(
-                ledger_url,
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = %s",
-                writer,
-            )
+            terminate(ledger_url, writer)
             answer = await held
     assert answer["status"] == 500
     assert answer["message"] == "the ledger could not be read; nothing was applied"
@@ -189,6 +179,15 @@ async def test_a_lost_writer_connection_fails_the_batch_that_saw_it_and_the_next
     assert account["balance"] == 3
     assert h.stored("SELECT ext_id FROM idempotency WHERE ext_id = 'held'") == []
     assert h.verify() == []
+
+
+def terminate(url: str, application_name: str) -> None:
+    """End the connections with that name from the server's side, as a restart would."""
+    sql(
+        url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+        application_name,
+    )
 
 
 def backends(url: str, application_name: str) -> list[int]:
@@ -253,7 +252,7 @@ async def test_a_node_refused_by_the_database_retries_then_catches_up(
     with captured_log(monkeypatch, engine) as logs:
         sql(postgres.url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
         try:
-            sql(postgres.url, "SELECT pg_terminate_backend(%s)", *backends(postgres.url, listener))
+            terminate(postgres.url, listener)
             made = [await on_a.ok("BalanceInSync", {"login": LOGIN, "amount": n}) for n in (1, 2)]
 
             def retried() -> bool:
@@ -328,12 +327,7 @@ async def test_a_connection_lost_during_commit_is_answered_as_an_unknown_outcome
                 return bool(sql(ledger_url, query + " AND query = 'COMMIT;'", writer))
 
             await until(committing, "the batch waits in its COMMIT")
-            sql(
-                ledger_url,
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = %s",
-                writer,
-            )
+            terminate(ledger_url, writer)
             answer = await held
     sql(ledger_url, "DROP TRIGGER wait_at_commit ON accounts")
     assert answer["status"] == 500
