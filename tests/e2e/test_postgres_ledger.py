@@ -1,7 +1,9 @@
 """The PostgreSQL ledger's own duties, on a real server (docs/scaling.md): housekeeping at most
-once a second of batch time, the outbox pruned by age on the database's clock, a lost writer
-connection failing only the batch that saw it, a listening connection that is cut, refused or
-silent coming back and catching up, and connections named for `pg_stat_activity`."""
+once a second of batch time and bounded per statement, the outbox pruned by age on the
+database's clock, a lost writer connection failing only the batch that saw it, a connection
+lost during COMMIT answered as an unknown outcome, a refused commit, a listening connection that
+is cut, refused or silent coming back and catching up, a shutdown that gives up leaving no
+connection, failed reads naming their reason, and connections named for `pg_stat_activity`."""
 
 from __future__ import annotations
 
