@@ -521,8 +521,11 @@ class PostgresLedger:
         await listener.add_listener(CHANNEL, lambda *args: notes.put_nowait(args[3]))
         yield PeerEvents([], catch_up=True)
         while True:
-            try:
-                note = await asyncio.wait_for(notes.get(), LISTEN_PROBE_S)
+            try:  # asyncio.timeout, not wait_for: wait_for can swallow the task's own
+                # cancellation when a note arrives with it (Python 3.11), and shutdown then
+                # waits for this task forever
+                async with asyncio.timeout(LISTEN_PROBE_S):
+                    note = await notes.get()
             except TimeoutError:
                 await listener.execute("SELECT 1", timeout=LISTEN_PROBE_S)  # or it is lost
                 continue
