@@ -15,7 +15,6 @@ from types import ModuleType
 from typing import Any
 
 import orjson
-import psycopg
 import pytest
 import structlog
 import structlog.testing
@@ -29,7 +28,7 @@ from manager_gateway.server.app import Gateway
 from manager_gateway.session.access import SessionType
 
 from .fakes import FakeClock, GatedLedger, storage_of, threaded
-from .postgres import PostgresServer, postgres_server
+from .postgres import PostgresServer, execute, postgres_server
 
 DEMO_USER = {
     "group": "demo",
@@ -200,8 +199,7 @@ class Harness:
         either engine (a plain SELECT reads the same on both)."""
         url = self.gateway.settings.ledger_url
         if url:
-            with psycopg.connect(url) as pg:
-                return pg.execute(sql).fetchall()  # type: ignore[arg-type]  # our own SQL
+            return execute(url, sql)
         db = sqlite3.connect(f"file:{self.data_dir / LEDGER_FILE}?mode=ro", uri=True)
         try:
             return db.execute(sql).fetchall()

@@ -9,12 +9,21 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
 ENV = "GATEWAY_TEST_POSTGRES_URL"
+
+
+def execute(url: str, statement: str, *params: object) -> list[tuple[Any, ...]]:
+    """One statement on a connection of its own, behind the gateways' backs, committed; the
+    rows it returns, if any. Without `params` a `%` in it is literal."""
+    with psycopg.connect(url, autocommit=True) as db:
+        cursor = db.execute(statement, params or None)  # type: ignore[arg-type]  # tests' SQL
+        return cursor.fetchall() if cursor.description else []
 
 
 def with_database(url: str, name: str) -> str:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psycopg
 import pytest
 
 from manager_gateway.session.access import SessionType
@@ -24,7 +23,7 @@ from manager_gateway.session.tokens import TokenService
 
 from ..conftest import DEMO_USER, Client, unused_port
 from ..platform import Platform, adjustment, cancellation
-from ..postgres import PostgresServer
+from ..postgres import PostgresServer, execute
 from .test_durability import Server, cli
 
 pytestmark = pytest.mark.slow
@@ -54,11 +53,6 @@ async def node(tmp_path: Path, name: str, url: str, settlement: bool = False) ->
     )
 
 
-def stored(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url) as db:
-        return db.execute(sql, params).fetchall()  # type: ignore[arg-type]
-
-
 async def events_for(
     client: Client, count: int, balances: list[float] | None = None
 ) -> dict[int, list[int]]:
@@ -78,7 +72,7 @@ async def events_for(
 
 def committed_order(url: str) -> dict[int, list[int]]:
     """Each account's finance orders in version order, as the outbox holds them."""
-    rows = stored(
+    rows = execute(
         url,
         "SELECT login, (data::json ->> 'order')::bigint FROM account_events"
         " WHERE data IS NOT NULL ORDER BY login, version",
@@ -195,14 +189,14 @@ async def test_three_nodes_one_killed_under_load_nothing_lost_nothing_twice(
 
         # Each operation is in the ledger exactly once; the money adds up; verify agrees.
         everything = [*plan, *elsewhere, *twins]
-        counts = dict(stored(url, "SELECT comment, count(*) FROM records GROUP BY comment"))
+        counts = dict(execute(url, "SELECT comment, count(*) FROM records GROUP BY comment"))
         assert all(counts.get(ext_id) == 1 for ext_id, _, _ in everything)
         expected = {login: [Decimal(1000), Decimal(100)] for login in LOGINS}
         for _, command, data in everything:
             expected[data["login"]][command == "CreditInSync"] += Decimal(str(data["amount"]))
         for body in adjustments[1::2]:  # the adjustments left standing took their credit
             expected[int(body["thirdServerCode"])][1] -= 5
-        balances = stored(url, "SELECT login, balance, credit FROM accounts ORDER BY login")
+        balances = execute(url, "SELECT login, balance, credit FROM accounts ORDER BY login")
         assert balances == [(login, *expected[login]) for login in LOGINS]
         status, out = await cli("ledger", "verify", "--ledger-url", url)
         assert status == 0, out
@@ -243,10 +237,10 @@ async def test_events_committed_while_a_node_could_not_hear_them_reach_its_sessi
 
         frozen.proc.send_signal(signal.SIGSTOP)
         try:
-            cut = stored(
+            cut = execute(
                 url,
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name LIKE 'gateway-%%-events'",
+                " WHERE application_name LIKE 'gateway-%-events'",
             )
             assert cut == [(True,), (True,)]  # both nodes' listening connections
             missed = [

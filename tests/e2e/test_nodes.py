@@ -14,7 +14,7 @@ import psycopg
 
 from ..conftest import Client, GatewayFactory, Harness
 from ..platform import Platform, adjustment, base_url, cancellation, fund, settlement_gateway
-from ..postgres import PostgresServer, on_postgresql  # noqa: F401 (every test here)
+from ..postgres import PostgresServer, execute, on_postgresql  # noqa: F401 (every test here)
 
 SECRET = "nodes-share-one-signing-secret-of-32-bytes"
 HOT = 1001
@@ -36,12 +36,6 @@ async def listening(harness: Harness) -> Client:
     client = await harness.client()
     await client.ok("HealthCheck")
     return client
-
-
-def stored(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
-    """Rows as PostgreSQL holds them, read behind the gateways' backs."""
-    with psycopg.connect(url) as db:
-        return db.execute(sql, params).fetchall()  # type: ignore[arg-type]
 
 
 def trades(client: Client, login: int) -> list[dict[str, Any]]:
@@ -128,9 +122,9 @@ async def test_concurrent_credits_and_debits_on_one_account_from_three_nodes(
     assert applied and refused, "the seed should give both outcomes"
 
     expected = Decimal(100) + sum((amount for _, amount in applied), Decimal(0))
-    rows = stored(ledger_url, "SELECT balance, version FROM accounts WHERE login = %s", HOT)
+    rows = execute(ledger_url, "SELECT balance, version FROM accounts WHERE login = %s", HOT)
     assert rows == [(expected, 2 + len(applied))]  # AddUser, the first deposit, then these
-    orders = stored(
+    orders = execute(
         ledger_url,
         "SELECT (data::json ->> 'order')::bigint FROM account_events"
         " WHERE login = %s AND version > 2 ORDER BY version",
@@ -164,8 +158,8 @@ async def test_one_ext_id_sent_to_two_nodes_at_once_is_applied_once(
         )
         assert first["status"] == second["status"] == 200, (first, second)
         assert first["data"] == second["data"]
-    assert stored(ledger_url, "SELECT count(*), sum(profit) FROM records") == [(20, 20)]
-    assert stored(ledger_url, "SELECT balance FROM accounts") == [(Decimal(20),)]
+    assert execute(ledger_url, "SELECT count(*), sum(profit) FROM records") == [(20, 20)]
+    assert execute(ledger_url, "SELECT balance FROM accounts") == [(Decimal(20),)]
     assert a.verify() == []
 
 
@@ -190,7 +184,7 @@ async def test_an_adjustment_and_its_cancel_on_different_nodes(
         replayed = await on_a.cancel(cancel)
         assert (replayed["code"], replayed["data"]) == (undone["code"], undone["data"])
         assert await on_a.wallet(HOT) == await on_b.wallet(HOT) == "1000.00"
-    assert stored(
+    assert execute(
         ledger_url,
         "SELECT kind, cancelled_by IS NOT NULL FROM settlement_journal ORDER BY kind",
     ) == [("adjustment", True), ("cancel", False)]

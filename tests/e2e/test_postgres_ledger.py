@@ -12,7 +12,6 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -25,18 +24,11 @@ from manager_gateway.runtime.storage import Batch, RecordFilter, StorageError
 
 from ..conftest import Client, GatewayFactory, Harness, captured_log
 from ..fakes import FakeClock
-from ..postgres import PostgresServer, on_postgresql  # noqa: F401 (every test here)
+from ..postgres import PostgresServer, execute, on_postgresql  # noqa: F401 (every test here)
 
 SECRET = "nodes-share-one-signing-secret-of-32-bytes"
 LOGIN = 1001
 TTL_S = 60
-
-
-def sql(url: str, statement: str, *params: object) -> list[tuple[Any, ...]]:
-    """One statement on a connection of the test's own, committed."""
-    with psycopg.connect(url, autocommit=True) as db:
-        cursor = db.execute(statement, params)  # type: ignore[arg-type]  # our own SQL
-        return cursor.fetchall() if cursor.description else []
 
 
 def node_of(h: Harness) -> str:
@@ -93,19 +85,19 @@ async def test_each_purge_deletes_at_most_purge_rows_per_table(
     client = await h.client(ttl_s=10 * TTL_S)
     await h.add_user(client, LOGIN)
     old = frozen_clock.wall() - 200 * 86400  # past any key's TTL and the journal's retention
-    sql(
+    execute(
         ledger_url,
         "INSERT INTO idempotency SELECT '9', 'old' || n, 'BalanceIn', 'd', '{}', %s"
         " FROM generate_series(1, 3) AS n",
         old,
     )
-    sql(
+    execute(
         ledger_url,
         "INSERT INTO settlement_journal SELECT 1, 'requests', 'old' || n, 'adjustment', 'f',"
         " '0', NULL, 'u', NULL, '1', NULL, NULL, '{}', %s FROM generate_series(1, 3) AS n",
         old,
     )
-    sql(
+    execute(
         ledger_url,
         "INSERT INTO account_events (login, version, batch, event_type, data, account,"
         " created_at) SELECT 9, n, 0, NULL, NULL, '[]', extract(epoch FROM now()) - 7200"
@@ -137,8 +129,12 @@ async def test_outbox_rows_older_than_an_hour_on_the_databases_clock_are_pruned(
     client = await h.client()
     await h.add_user(client, LOGIN)
     await client.ok("BalanceInSync", {"login": LOGIN, "amount": 5})
-    sql(ledger_url, "UPDATE account_events SET created_at = created_at - 3599 WHERE version = 1")
-    sql(ledger_url, "UPDATE account_events SET created_at = created_at - 3601 WHERE version = 2")
+    execute(
+        ledger_url, "UPDATE account_events SET created_at = created_at - 3599 WHERE version = 1"
+    )
+    execute(
+        ledger_url, "UPDATE account_events SET created_at = created_at - 3601 WHERE version = 2"
+    )
     frozen_clock.advance(1)
     await client.ok("BalanceInSync", {"login": LOGIN, "amount": 5})
     versions = sorted(row[0] for row in h.stored("SELECT version FROM account_events"))
@@ -159,7 +155,7 @@ async def test_a_lost_writer_connection_fails_the_batch_that_saw_it_and_the_next
         held = client.send("BalanceIn", {"login": LOGIN, "amount": 7}, ext_id="held")
 
         def waiting() -> bool:
-            rows = sql(
+            rows = execute(
                 ledger_url,
                 "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
                 " AND wait_event_type = 'Lock'",
@@ -185,7 +181,7 @@ async def test_a_lost_writer_connection_fails_the_batch_that_saw_it_and_the_next
 
 def terminate(url: str, application_name: str) -> None:
     """End the connections with that name from the server's side, as a restart would."""
-    sql(
+    execute(
         url,
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
         application_name,
@@ -194,7 +190,7 @@ def terminate(url: str, application_name: str) -> None:
 
 def backends(url: str, application_name: str) -> list[int]:
     """The server processes of the connections with that name."""
-    rows = sql(
+    rows = execute(
         url, "SELECT pid FROM pg_stat_activity WHERE application_name = %s", application_name
     )
     return [row[0] for row in rows]
@@ -234,7 +230,7 @@ async def test_a_listener_cut_again_and_again_while_it_sets_up_keeps_coming_back
         for _ in range(8):
             await until(lambda: bool(set(backends(postgres.url, listener)) - cut), "a listener")
             (pid,) = set(backends(postgres.url, listener)) - cut
-            sql(postgres.url, "SELECT pg_terminate_backend(%s)", pid)
+            execute(postgres.url, "SELECT pg_terminate_backend(%s)", pid)
             cut.add(pid)
         await hears_credits(on_a, on_b, [1, 2])
     assert len([e for e in logs if e["event"] == "peer_listener_lost"]) >= 1
@@ -252,7 +248,7 @@ async def test_a_node_refused_by_the_database_retries_then_catches_up(
     listener = f"gateway-{node_of(b)}-events"
     await until(lambda: bool(backends(postgres.url, listener)), "B listens")
     with captured_log(monkeypatch, engine) as logs:
-        sql(postgres.url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        execute(postgres.url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
         try:
             terminate(postgres.url, listener)
             made = [await on_a.ok("BalanceInSync", {"login": LOGIN, "amount": n}) for n in (1, 2)]
@@ -262,7 +258,7 @@ async def test_a_node_refused_by_the_database_retries_then_catches_up(
 
             await until(retried, "B retried three times")
         finally:
-            sql(postgres.url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+            execute(postgres.url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
         got = [await on_b.next_event(timeout=10) for _ in range(4)]
     assert [e["data"] for e in got if e["event"] == "trade:event"] == made
     assert [e["data"]["balance"] for e in got if e["event"] == "balance:event"] == [1, 3]
@@ -307,13 +303,13 @@ async def test_a_connection_lost_during_commit_is_answered_as_an_unknown_outcome
     client = await h.client()
     await h.add_user(client, LOGIN)
     writer = f"gateway-{node_of(h)}-writer"
-    sql(
+    execute(
         ledger_url,
         "CREATE FUNCTION wait_at_commit() RETURNS trigger LANGUAGE plpgsql AS"
         " $$ BEGIN PERFORM pg_advisory_lock(4242); PERFORM pg_advisory_unlock(4242);"
         " RETURN NULL; END $$",
     )
-    sql(
+    execute(
         ledger_url,
         "CREATE CONSTRAINT TRIGGER wait_at_commit AFTER UPDATE ON accounts"
         " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION wait_at_commit()",
@@ -326,12 +322,12 @@ async def test_a_connection_lost_during_commit_is_answered_as_an_unknown_outcome
 
             def committing() -> bool:
                 query = "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
-                return bool(sql(ledger_url, query + " AND query = 'COMMIT;'", writer))
+                return bool(execute(ledger_url, query + " AND query = 'COMMIT;'", writer))
 
             await until(committing, "the batch waits in its COMMIT")
             terminate(ledger_url, writer)
             answer = await held
-    sql(ledger_url, "DROP TRIGGER wait_at_commit ON accounts")
+    execute(ledger_url, "DROP TRIGGER wait_at_commit ON accounts")
     assert answer["status"] == 500
     assert answer["message"] == mainloop.UNKNOWN_OUTCOME
     (failed,) = [e for e in logs if e["event"] == "ledger_commit_failed"]
@@ -359,7 +355,7 @@ async def test_a_shutdown_that_gives_up_on_a_hung_batch_leaves_no_connection_beh
 
         def waiting() -> bool:
             query = "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
-            return bool(sql(ledger_url, query + " AND wait_event_type = 'Lock'", writer))
+            return bool(execute(ledger_url, query + " AND wait_event_type = 'Lock'", writer))
 
         await until(waiting, "the batch waits for the key's lock")
         await asyncio.wait_for(h.gateway.shutdown(), 10)
@@ -368,11 +364,11 @@ async def test_a_shutdown_that_gives_up_on_a_hung_batch_leaves_no_connection_beh
 
         def gone() -> bool:
             query = "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE %s"
-            return not sql(ledger_url, query, node)
+            return not execute(ledger_url, query, node)
 
         await until(gone, "every connection of the node ended")
-    assert sql(ledger_url, "SELECT ext_id FROM idempotency WHERE ext_id = 'hung'") == []
-    assert sql(ledger_url, "SELECT balance FROM accounts") == [(0,)]
+    assert execute(ledger_url, "SELECT ext_id FROM idempotency WHERE ext_id = 'hung'") == []
+    assert execute(ledger_url, "SELECT balance FROM accounts") == [(0,)]
 
 
 async def test_a_commit_the_database_refuses_applies_nothing_and_logs_why(
@@ -381,12 +377,12 @@ async def test_a_commit_the_database_refuses_applies_nothing_and_logs_why(
     h = await make_gateway()
     client = await h.client()
     await h.add_user(client, LOGIN)
-    sql(ledger_url, "ALTER TABLE records RENAME TO records_away")
+    execute(ledger_url, "ALTER TABLE records RENAME TO records_away")
     try:
         with captured_log(monkeypatch, mainloop) as logs:
             refused = await client.request("BalanceInSync", {"login": LOGIN, "amount": 5})
     finally:
-        sql(ledger_url, "ALTER TABLE records_away RENAME TO records")
+        execute(ledger_url, "ALTER TABLE records_away RENAME TO records")
     assert refused["status"] == 500
     (failed,) = [e for e in logs if e["event"] == "ledger_commit_failed"]
     assert failed["error"].startswith('ledger commit failed: relation "records" does not exist')
@@ -403,10 +399,10 @@ async def test_every_connection_is_named_for_its_node_and_role(
     await client.ok("MngGetTradesByFilter", {})  # a reader's connection
     names = {
         row[0]
-        for row in sql(
+        for row in execute(
             ledger_url,
             "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name LIKE 'gateway-%%'",
+            " AND application_name LIKE 'gateway-%'",
         )
     }
     node = node_of(h)
@@ -425,7 +421,7 @@ async def test_a_commit_no_fetch_began_is_refused_and_writes_nothing(ledger_url:
             await ledger.commit(Batch(next_order=2))
     finally:
         await ledger.close()
-    assert sql(ledger_url, "SELECT count(*) FROM accounts") == [(0,)]
+    assert execute(ledger_url, "SELECT count(*) FROM accounts") == [(0,)]
 
 
 async def test_history_reads_that_fail_name_the_databases_reason(ledger_url: str) -> None:
@@ -436,8 +432,8 @@ async def test_history_reads_that_fail_name_the_databases_reason(ledger_url: str
         await ledger.record(1)
     await ledger.load(10)
     try:
-        sql(ledger_url, "ALTER TABLE records RENAME TO records_away")
-        sql(ledger_url, "ALTER TABLE settlement_journal RENAME TO journal_away")
+        execute(ledger_url, "ALTER TABLE records RENAME TO records_away")
+        execute(ledger_url, "ALTER TABLE settlement_journal RENAME TO journal_away")
         reads = [
             ("records", ledger.record(1)),
             ("records", ledger.find_records(RecordFilter())),
