@@ -538,8 +538,9 @@ async def assert_refused(port: int) -> None:
 async def test_sigterm_under_load_answers_everything_and_exits_cleanly(tmp_path: Path) -> None:
     """SIGTERM mid-burst, the drain held open by a write lock the test takes on the ledger: while
     it drains, requests (HealthCheck included) are answered 503 SHUTTING_DOWN and a new
-    connection is refused; once the lock goes, exit 0, every request sent got 200 or 503, the
-    200s are in the ledger and the 503s are not."""
+    connection is refused; once the lock goes, the write the lock held is committed and
+    answered 200, exit 0, every request sent got 200 or 503, the 200s are in the ledger and the
+    503s are not."""
     data_dir, log_path = tmp_path / "data", tmp_path / "server.log"
     clients: list[Client] = []
     # A long busy timeout: the commits in flight wait for the test's lock instead of failing.
@@ -554,7 +555,13 @@ async def test_sigterm_under_load_answers_everything_and_exits_cleanly(tmp_path:
         burst = Burst(TRIGGER_AFTER, triggered.set, send_after_trigger=True)
         running = asyncio.create_task(burst.run(conns, burst_requests("term")))
         await asyncio.wait_for(triggered.wait(), BURST_TIMEOUT_S)
-        holder = hold_write_lock(data_dir)  # from here on the drain cannot finish
+        holder = hold_write_lock(data_dir)  # from here on nothing commits
+        # The burst may have been answered in full while this test took the lock, so a write of
+        # its own is what holds the drain open: sent now, it cannot commit; the HealthCheck
+        # answered behind it on the same connection shows the server has received it.
+        held_data = {"login": LOGINS[0], "amount": 2.0, "comment": "held"}
+        held = probe.send("CreditIn", held_data, ext_id="term-held")
+        assert (await probe.request("HealthCheck"))["status"] == 200
         server.proc.send_signal(signal.SIGTERM)
         # HealthCheck round trips until the signal is handled: 200 before, 503 once draining.
         for _ in range(POLL_ROUNDS):
@@ -574,6 +581,8 @@ async def test_sigterm_under_load_answers_everything_and_exits_cleanly(tmp_path:
         holder.close()
         holder = None
         await running
+        held_answer = await asyncio.wait_for(held, EXIT_TIMEOUT_S)
+        assert held_answer["status"] == 200, held_answer
         assert await server.wait() == 0
         for client in conns:
             await asyncio.wait_for(client.closed.wait(), EXIT_TIMEOUT_S)
@@ -607,8 +616,10 @@ async def test_sigterm_under_load_answers_everything_and_exits_cleanly(tmp_path:
         # Nothing applied twice, nothing applied that was refused with 503.
         comments = [comment for _, _, _, comment in rows.values()]
         assert "late" not in comments
+        assert comments.count("held") == 1
+        assert rows[held_answer["data"]["order"]] == (LOGINS[0], 7, "2.00", "held")
         by_comment = {r.data["comment"]: r.ext_id for r in burst.sent}
-        applied_ext_ids = [by_comment[comment] for comment in comments]
+        applied_ext_ids = [by_comment[comment] for comment in comments if comment != "held"]
         assert sorted(applied_ext_ids) == sorted(set(applied_ext_ids))
         refused = {ext_id for ext_id, a in outcomes.items() if a["status"] == 503}
         assert refused.isdisjoint(applied_ext_ids)
