@@ -494,6 +494,31 @@ async def test_add_user_allocates_a_login_when_omitted(h: Harness) -> None:
     assert third["login"] not in (first["login"], second["login"], 5555)
 
 
+async def test_the_first_automatic_login_of_a_new_ledger_is_1000(
+    make_gateway: GatewayFactory,
+) -> None:
+    h = await make_gateway()
+    assert (await (await h.client()).ok("AddUser", DEMO_USER))["login"] == 1000
+
+
+async def test_automatic_logins_skip_taken_ones_and_carry_on_after_a_restart(
+    make_gateway: GatewayFactory,
+) -> None:
+    """AddUser without a login takes the next free one, stepping over logins given explicitly;
+    after a restart it carries on from where it was, never reusing one."""
+    first = await make_gateway()
+    client = await first.client()
+    for login in (1000, 1001, 1003):
+        await client.ok("AddUser", {**DEMO_USER, "login": login})
+    automatic = [(await client.ok("AddUser", DEMO_USER))["login"] for _ in range(3)]
+    assert automatic == [1002, 1004, 1005]
+    await first.close_clients()
+    await first.gateway.shutdown()
+    again = await make_gateway(data_dir=first.data_dir)
+    client = await again.client()
+    assert (await client.ok("AddUser", DEMO_USER))["login"] == 1006
+
+
 async def test_add_user_refusals(h: Harness) -> None:
     """USER_EXISTS 409, GROUP_NOT_FOUND 404, and INVALID_DATA naming each bad field."""
     client = await h.client()
