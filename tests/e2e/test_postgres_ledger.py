@@ -2,8 +2,9 @@
 once a second of batch time and bounded per statement, the outbox pruned by age on the
 database's clock, a lost writer connection failing only the batch that saw it, a connection
 lost during COMMIT answered as an unknown outcome, a refused commit, a listening connection that
-is cut, refused or silent coming back and catching up, a shutdown that gives up leaving no
-connection, failed reads naming their reason, and connections named for `pg_stat_activity`."""
+is cut, refused or silent coming back and catching up (accounts it never saw included), a
+shutdown that gives up leaving no connection, failed reads naming their reason, and connections
+named for `pg_stat_activity`."""
 
 from __future__ import annotations
 
@@ -22,12 +23,13 @@ from manager_gateway.ledger.postgres import PostgresLedger, lock_id
 from manager_gateway.runtime import mainloop
 from manager_gateway.runtime.storage import Batch, RecordFilter, StorageError
 
-from ..conftest import Client, GatewayFactory, Harness, captured_log
+from ..conftest import DEMO_USER, Client, GatewayFactory, Harness, captured_log
 from ..fakes import FakeClock
 from ..postgres import PostgresServer, execute, on_postgresql  # noqa: F401 (every test here)
 
 SECRET = "nodes-share-one-signing-secret-of-32-bytes"
 LOGIN = 1001
+NEW_LOGIN = 1002
 TTL_S = 60
 
 
@@ -241,8 +243,9 @@ async def test_a_node_refused_by_the_database_retries_then_catches_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """B's listening connection is cut and the database refuses new ones for a while; A
-    commits meanwhile. B retries with a doubling delay, and once back its session gets A's
-    events once, in order, from the outbox."""
+    commits meanwhile, also to an account it creates then, which B has never seen. B retries
+    with a doubling delay, and once back its session gets A's events once, in order, from the
+    outbox, the new account's included."""
     on_a, b, on_b = await two_nodes(make_gateway, tmp_path)
     database = urlsplit(ledger_url).path.lstrip("/")
     listener = f"gateway-{node_of(b)}-events"
@@ -252,6 +255,8 @@ async def test_a_node_refused_by_the_database_retries_then_catches_up(
         try:
             terminate(postgres.url, listener)
             made = [await on_a.ok("BalanceInSync", {"login": LOGIN, "amount": n}) for n in (1, 2)]
+            await on_a.ok("AddUser", {**DEMO_USER, "login": NEW_LOGIN})
+            made.append(await on_a.ok("BalanceInSync", {"login": NEW_LOGIN, "amount": 5}))
 
             def retried() -> bool:
                 return len([e for e in logs if e["event"] == "peer_listener_unavailable"]) >= 3
@@ -259,9 +264,12 @@ async def test_a_node_refused_by_the_database_retries_then_catches_up(
             await until(retried, "B retried three times")
         finally:
             execute(postgres.url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-        got = [await on_b.next_event(timeout=10) for _ in range(4)]
+        got = [await on_b.next_event(timeout=10) for _ in range(6)]
     assert [e["data"] for e in got if e["event"] == "trade:event"] == made
-    assert [e["data"]["balance"] for e in got if e["event"] == "balance:event"] == [1, 3]
+    balances = [
+        (e["data"]["login"], e["data"]["balance"]) for e in got if e["event"] == "balance:event"
+    ]
+    assert balances == [(LOGIN, 1), (LOGIN, 3), (NEW_LOGIN, 5)]
     (lost,) = [e for e in logs if e["event"] == "peer_listener_lost"]
     assert lost["log_level"] == "warning"
     retries = [e for e in logs if e["event"] == "peer_listener_unavailable"]
