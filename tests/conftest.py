@@ -131,7 +131,22 @@ class Client:
     async def request(
         self, command: str, data: dict[str, Any] | None = None, *, timeout: float = 10, **kw: Any
     ) -> dict[str, Any]:
-        return await asyncio.wait_for(self.send(command, data, **kw), timeout)
+        """Send one request and wait for its answer: ConnectionError as soon as the server
+        closes the connection without answering, TimeoutError after `timeout`."""
+        answer = self.send(command, data, **kw)
+        closed = asyncio.ensure_future(self.closed.wait())
+        try:
+            await asyncio.wait(
+                {answer, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            closed.cancel()
+        if answer.done():  # an answer read just before the close still counts
+            return answer.result()
+        answer.cancel()
+        if self.closed.is_set():
+            raise ConnectionError(f"{command}: the connection closed before its answer")
+        raise TimeoutError(f"{command}: no answer within {timeout} s")
 
     async def ok(self, command: str, data: dict[str, Any] | None = None, **kw: Any) -> Any:
         """Request and assert a 200; returns `data`."""
