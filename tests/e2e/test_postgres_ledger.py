@@ -1,7 +1,8 @@
 """The PostgreSQL ledger's own duties, on a real server (docs/scaling.md): housekeeping at most
 once a second of batch time and bounded per statement, the outbox pruned by age on the
 database's clock, a lost writer connection failing only the batch that saw it, a connection
-lost during COMMIT answered as an unknown outcome, a refused commit, a listening connection that
+lost during COMMIT answered as an unknown outcome, a refused commit, numbers drawn from the
+sequences one per need (automatic logins several to a batch), a listening connection that
 is cut, refused or silent coming back and catching up (accounts it never saw included), a
 shutdown that gives up leaving no connection, failed reads naming their reason, and connections
 named for `pg_stat_activity`."""
@@ -343,6 +344,51 @@ async def test_a_connection_lost_during_commit_is_answered_as_an_unknown_outcome
     retried = await client.ok("BalanceInSync", credit, ext_id="at-commit")
     assert retried["profit"] == 7
     assert (await client.ok("GetAccountByLogin", {"login": LOGIN}))["balance"] == 7
+    assert h.verify() == []
+
+
+async def test_each_operation_reserves_one_order_number(make_gateway: GatewayFactory) -> None:
+    """Order numbers come from a sequence, one drawn per operation that may create a record: with
+    nothing rolled back, records are numbered one after another."""
+    h = await make_gateway()
+    client = await h.client()
+    await h.add_user(client, LOGIN)
+    credit = {"login": LOGIN, "comment": "c"}
+    orders = [(await client.ok("BalanceIn", {**credit, "amount": n}))["order"] for n in (1, 2, 3)]
+    assert orders == list(range(orders[0], orders[0] + 3))
+
+
+async def test_several_automatic_logins_in_one_batch_each_get_their_own(
+    make_gateway: GatewayFactory, ledger_url: str
+) -> None:
+    """Three AddUsers without a login, queued behind a batch that waits on a lock another
+    client holds, commit as one batch: it draws a login for each, steps over a taken one, and
+    each gets its own."""
+    h = await make_gateway()
+    client = await h.client()
+    await h.add_user(client, LOGIN)
+    writer = f"gateway-{node_of(h)}-writer"
+    with psycopg.connect(ledger_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (lock_id("key", "1", "held"),))
+        held = client.send("BalanceIn", {"login": LOGIN, "amount": 7}, ext_id="held")
+
+        def waiting() -> bool:
+            query = "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
+            return bool(execute(ledger_url, query + " AND wait_event_type = 'Lock'", writer))
+
+        await until(waiting, "the first batch waits for the key's lock")
+        added = [client.send("AddUser", DEMO_USER) for _ in range(3)]
+        await until(lambda: h.gateway.runtime.queue_depth == 3, "three AddUsers queued")
+        holder.execute("SELECT pg_advisory_unlock(%s)", (lock_id("key", "1", "held"),))
+    assert (await held)["status"] == 200
+    answers = [await answer for answer in added]
+    assert [a["status"] for a in answers] == [200, 200, 200], answers
+    # The sequence starts at 1000 and LOGIN (1001) is taken: the batch drew 1000-1002, kept
+    # two, drew one more; nothing is drawn beyond what the batch needs.
+    assert sorted(a["data"]["login"] for a in answers) == [1000, 1002, 1003]
+    assert (await client.ok("AddUser", DEMO_USER))["login"] == 1004
+    stored = execute(ledger_url, "SELECT login FROM accounts ORDER BY login")
+    assert stored == [(1000,), (LOGIN,), (1002,), (1003,), (1004,)]
     assert h.verify() == []
 
 
