@@ -3,7 +3,7 @@
     tools/mutate                                  # every core module in TESTS (an hour or more)
     tools/mutate src/manager_gateway/waiters.py   # one module
     tools/mutate src/manager_gateway/session/     # every module of a package
-    tools/mutate src/manager_gateway/runtime/mainloop.py --function MainLoop._stamp
+    tools/mutate src/manager_gateway/runtime/mainloop.py --function MainLoop._lookup
                                                   # one function's mutants only (a changed one)
     tools/mutate --list                           # the module -> tests table; runs nothing
 
@@ -95,6 +95,7 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_settlement_retention.py",
         "tests/e2e/test_batches.py",
         "tests/e2e/test_nodes.py",  # the shared ledger's paths: versions, events, look-ups
+        "tests/e2e/test_postgres_ledger.py",  # and the numbers a shared batch draws
         # Single tests where a whole file would take minutes per mutant: the batch metrics, and
         # settlement operations, which bypass the key bookkeeping (their failed commit, events).
         "tests/e2e/test_metrics.py::test_traffic_moves_the_counts_exactly",
