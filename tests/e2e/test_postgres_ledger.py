@@ -14,6 +14,7 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -347,6 +348,23 @@ async def test_a_connection_lost_during_commit_is_answered_as_an_unknown_outcome
     assert h.verify() == []
 
 
+async def a_batch_held_by(
+    holder: psycopg.Connection[Any], h: Harness, client: Client, ext_id: str
+) -> asyncio.Future[dict[str, Any]]:
+    """A BalanceIn of 7 to LOGIN whose batch waits for its key's lock, which `holder` takes
+    first: it goes on when `holder` unlocks it or ends."""
+    holder.execute("SELECT pg_advisory_lock(%s)", (lock_id("key", "1", ext_id),))
+    answer = client.send("BalanceIn", {"login": LOGIN, "amount": 7}, ext_id=ext_id)
+    writer, url = f"gateway-{node_of(h)}-writer", h.gateway.settings.ledger_url
+
+    def waiting() -> bool:
+        query = "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
+        return bool(execute(url, query + " AND wait_event_type = 'Lock'", writer))
+
+    await until(waiting, "the batch waits for its key's lock")
+    return answer
+
+
 async def test_each_operation_reserves_one_order_number(make_gateway: GatewayFactory) -> None:
     """Order numbers come from a sequence, one drawn per operation that may create a record: with
     nothing rolled back, records are numbered one after another."""
@@ -367,16 +385,8 @@ async def test_several_automatic_logins_in_one_batch_each_get_their_own(
     h = await make_gateway()
     client = await h.client()
     await h.add_user(client, LOGIN)
-    writer = f"gateway-{node_of(h)}-writer"
     with psycopg.connect(ledger_url, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (lock_id("key", "1", "held"),))
-        held = client.send("BalanceIn", {"login": LOGIN, "amount": 7}, ext_id="held")
-
-        def waiting() -> bool:
-            query = "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
-            return bool(execute(ledger_url, query + " AND wait_event_type = 'Lock'", writer))
-
-        await until(waiting, "the first batch waits for the key's lock")
+        held = await a_batch_held_by(holder, h, client, "held")
         added = [client.send("AddUser", DEMO_USER) for _ in range(3)]
         await until(lambda: h.gateway.runtime.queue_depth == 3, "three AddUsers queued")
         holder.execute("SELECT pg_advisory_unlock(%s)", (lock_id("key", "1", "held"),))
@@ -402,16 +412,8 @@ async def test_a_shutdown_that_gives_up_on_a_hung_batch_leaves_no_connection_beh
     client = await h.client()
     await h.add_user(client, LOGIN)
     node = f"gateway-{node_of(h)}-%"
-    writer = f"gateway-{node_of(h)}-writer"
     with psycopg.connect(ledger_url, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (lock_id("key", "1", "hung"),))
-        hung = client.send("BalanceIn", {"login": LOGIN, "amount": 7}, ext_id="hung")
-
-        def waiting() -> bool:
-            query = "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
-            return bool(execute(ledger_url, query + " AND wait_event_type = 'Lock'", writer))
-
-        await until(waiting, "the batch waits for the key's lock")
+        hung = await a_batch_held_by(holder, h, client, "hung")
         await asyncio.wait_for(h.gateway.shutdown(), 10)
         assert not h.gateway.ledger_finished
         assert (await hung)["error"] == "SHUTTING_DOWN"
