@@ -145,6 +145,23 @@ async def test_outbox_rows_older_than_an_hour_on_the_databases_clock_are_pruned(
     assert versions == [1, 3]
 
 
+async def a_batch_held_by(
+    holder: psycopg.Connection[Any], h: Harness, client: Client, ext_id: str
+) -> asyncio.Future[dict[str, Any]]:
+    """A BalanceIn of 7 to LOGIN whose batch waits for its key's lock, which `holder` takes
+    first: it goes on when `holder` unlocks it or ends."""
+    holder.execute("SELECT pg_advisory_lock(%s)", (lock_id("key", "1", ext_id),))
+    answer = client.send("BalanceIn", {"login": LOGIN, "amount": 7}, ext_id=ext_id)
+    writer, url = f"gateway-{node_of(h)}-writer", h.gateway.settings.ledger_url
+
+    def waiting() -> bool:
+        query = "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
+        return bool(execute(url, query + " AND wait_event_type = 'Lock'", writer))
+
+    await until(waiting, "the batch waits for its key's lock")
+    return answer
+
+
 async def test_a_lost_writer_connection_fails_the_batch_that_saw_it_and_the_next_reconnects(
     make_gateway: GatewayFactory, ledger_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -155,19 +172,7 @@ async def test_a_lost_writer_connection_fails_the_batch_that_saw_it_and_the_next
     await h.add_user(client, LOGIN)
     writer = f"gateway-{node_of(h)}-writer"
     with psycopg.connect(ledger_url, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (lock_id("key", "1", "held"),))
-        held = client.send("BalanceIn", {"login": LOGIN, "amount": 7}, ext_id="held")
-
-        def waiting() -> bool:
-            rows = execute(
-                ledger_url,
-                "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
-                " AND wait_event_type = 'Lock'",
-                writer,
-            )
-            return bool(rows)
-
-        await until(waiting, "the batch waits for the key's lock")
+        held = await a_batch_held_by(holder, h, client, "held")
         with captured_log(monkeypatch, mainloop) as logs:
             terminate(ledger_url, writer)
             answer = await held
@@ -346,23 +351,6 @@ async def test_a_connection_lost_during_commit_is_answered_as_an_unknown_outcome
     assert retried["profit"] == 7
     assert (await client.ok("GetAccountByLogin", {"login": LOGIN}))["balance"] == 7
     assert h.verify() == []
-
-
-async def a_batch_held_by(
-    holder: psycopg.Connection[Any], h: Harness, client: Client, ext_id: str
-) -> asyncio.Future[dict[str, Any]]:
-    """A BalanceIn of 7 to LOGIN whose batch waits for its key's lock, which `holder` takes
-    first: it goes on when `holder` unlocks it or ends."""
-    holder.execute("SELECT pg_advisory_lock(%s)", (lock_id("key", "1", ext_id),))
-    answer = client.send("BalanceIn", {"login": LOGIN, "amount": 7}, ext_id=ext_id)
-    writer, url = f"gateway-{node_of(h)}-writer", h.gateway.settings.ledger_url
-
-    def waiting() -> bool:
-        query = "SELECT 1 FROM pg_stat_activity WHERE application_name = %s"
-        return bool(execute(url, query + " AND wait_event_type = 'Lock'", writer))
-
-    await until(waiting, "the batch waits for its key's lock")
-    return answer
 
 
 async def test_each_operation_reserves_one_order_number(make_gateway: GatewayFactory) -> None:
