@@ -1,7 +1,9 @@
-"""tools/mutate: its module -> tests table points at real files, and --list runs no mutation."""
+"""tools/mutate: its module -> tests table points at real files, --list runs no mutation, and
+the rule that judges SQL-case mutants equivalent takes those and no others."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import subprocess
 import sys
@@ -92,3 +94,49 @@ def test_function_the_module_lacks_or_two_modules_are_refused() -> None:
         )
         assert done.returncode != 0
         assert message in done.stderr
+
+
+def function_of(source: str) -> ast.AST:
+    node = ast.parse(source).body[0]
+    assert isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef)
+    return node
+
+
+def test_only_a_case_change_of_plain_sql_text_is_judged_equivalent() -> None:
+    """The rule takes a mutant that changes nothing but the case of an SQL string, and leaves
+    to be run every mutant whose case change could matter or that changes anything more."""
+    judge = load_tool().sql_case_change
+    original = function_of(
+        "async def f__mutmut_orig(db, login):\n"
+        "    row = await db.fetchrow('SELECT balance FROM accounts WHERE login = $1', login)\n"
+        "    return row['balance']\n"
+    )
+
+    def mutant(body_line: str, result: str = "row['balance']") -> ast.AST:
+        return function_of(
+            f"async def f__mutmut_1(db, login):\n    row = {body_line}\n    return {result}\n"
+        )
+
+    sql = "SELECT balance FROM accounts WHERE login = $1"
+    lower = mutant(f"await db.fetchrow({sql.lower()!r}, login)")
+    assert judge(original, lower) == sql
+    assert judge(original, mutant(f"await db.fetchrow({sql.upper()!r}, login)")) == sql
+
+    # A Python-side key is case-sensitive: no SQL keyword, so it is run.
+    assert judge(original, mutant(f"await db.fetchrow({sql!r}, login)", "row['BALANCE']")) is None
+    # More than the case, or the case and something else: run.
+    assert judge(original, mutant(f"await db.fetchrow('XX{sql}XX', login)")) is None
+    both = mutant(f"await db.fetchrow({sql.lower()!r}, None)")
+    assert judge(original, both) is None
+    assert judge(original, original) is None
+
+    for text in (
+        "SELECT name FROM accounts WHERE grp = 'VIP'",  # a quoted literal
+        'SELECT "Login" FROM accounts',  # a quoted identifier
+        "SELECT {columns} FROM accounts",  # a format field
+        "SELECT login FROM accounts WHERE name LIKE %s",  # a placeholder of another style
+        "select balance from accounts",  # no upper-case keyword: not written as SQL here
+    ):
+        before = function_of(f"def g__mutmut_orig(db):\n    return db.execute({text!r})\n")
+        after = function_of(f"def g__mutmut_2(db):\n    return db.execute({text.swapcase()!r})\n")
+        assert judge(before, after) is None, text

@@ -18,6 +18,10 @@ Tests on PostgreSQL use one throwaway server for the whole run (or the one
 `GATEWAY_TEST_POSTGRES_URL` names), not one per mutant: starting a server costs seconds, and a
 module's run tests hundreds of mutants.
 
+Mutants that only change the case of SQL text are judged equivalent by rule and not run (see
+`sql_case_change`): they made up much of the hand-judged survivors of both ledgers, and each one
+runs every test that reaches its function. The report counts and lists them apart.
+
 Limits, from mutmut 3's design: only code inside functions and methods is mutated (not module
 constants or class bodies), and a mutant only exists in the test process, so a test that drives a
 gateway in a subprocess cannot kill it. A timeout counts as caught, as in mutmut's own score.
@@ -281,6 +285,16 @@ MUTANT_NAME = re.compile(
 )
 HUNK = re.compile(r"^@@ -(?P<start>\d+)")
 
+# The status of a mutant judged equivalent by rule instead of run.
+SQL_CASE = "equivalent: SQL case"
+# SQL text as the code writes it: an upper-case keyword as a whole word.
+SQL_KEYWORD = re.compile(
+    r"\b(SELECT|INSERT|UPDATE|DELETE|FROM|WHERE|JOIN|ORDER BY|GROUP BY|VALUES|RETURNING|WITH"
+    r"|CREATE|ALTER|DROP|BEGIN|COMMIT|ROLLBACK|PRAGMA|LISTEN|NOTIFY)\b"
+)
+# What makes a case change matter even in SQL: a quoted literal or identifier, a format field.
+CASE_SENSITIVE = re.compile(r"['\"`{}%]|\$\$")
+
 
 @dataclass
 class Mutant:
@@ -305,25 +319,31 @@ class ModuleResult:
 
     @property
     def uncaught(self) -> list[Mutant]:
-        return [m for m in self.mutants if m.status not in CAUGHT]
+        return [m for m in self.mutants if m.status not in CAUGHT | {SQL_CASE}]
+
+    @property
+    def scored(self) -> int:
+        """The mutants the score counts: all but those judged equivalent by rule."""
+        return len(self.mutants) - self.count(SQL_CASE)
 
     def score_line(self) -> str:
         if self.error:
             return f"{self.path}: not scored ({self.error})"
-        total = len(self.mutants)
-        if not total:
+        if not self.mutants:
             return f"{self.path}: nothing mutmut mutates (it changes function bodies only)"
         scope = f" ({', '.join(self.functions)} only)" if self.functions else ""
         killed = self.count("killed", "caught by type check")
         timeouts = self.count("timeout")
         caught = killed + timeouts
-        pct = 100.0 * caught / total if total else 100.0
+        pct = 100.0 * caught / self.scored if self.scored else 100.0
         others = self.count("no tests")
         extra = f", {others} reached by no test" if others else ""
+        judged = self.count(SQL_CASE)
+        extra += f", {judged} only change SQL's case (not run)" if judged else ""
         survived = len(self.uncaught) - others
         return (
-            f"{self.path}{scope}: {killed}/{total} killed, {timeouts} timeouts, {survived} survived"
-            f"{extra}; {pct:.1f} % caught, in {self.seconds:.0f} s"
+            f"{self.path}{scope}: {killed}/{self.scored} killed, {timeouts} timeouts, "
+            f"{survived} survived{extra}; {pct:.1f} % caught, in {self.seconds:.0f} s"
         )
 
 
@@ -475,6 +495,68 @@ def function_node(source: str, cls: str | None, name: str) -> ast.AST | None:
     return next((n for n in body if isinstance(n, funcs) and n.name == name), None)
 
 
+def differences(a: object, b: object) -> list[tuple[object, object]] | None:
+    """The leaf values in which two syntax trees differ, or None when their shapes differ.
+    A function's own name is not compared: mutmut names each copy apart."""
+    if type(a) is not type(b):
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return None
+        pairs = [differences(x, y) for x, y in zip(a, b, strict=True)]
+    elif isinstance(a, ast.AST):
+        skip = {"name"} if isinstance(a, ast.FunctionDef | ast.AsyncFunctionDef) else set()
+        pairs = [differences(getattr(a, f), getattr(b, f)) for f in a._fields if f not in skip]
+    else:
+        return [] if a == b else [(a, b)]
+    if any(p is None for p in pairs):
+        return None
+    return [d for p in pairs if p is not None for d in p]
+
+
+def sql_case_change(original: ast.AST, mutant: ast.AST) -> str | None:
+    """The SQL text whose case alone the mutant changes, or None.
+
+    The rule: the two functions differ in one string constant only, in case only, and that
+    string holds an upper-case SQL keyword and no quote, backtick, brace, percent sign or `$$`.
+    Such a change is invisible: SQLite and PostgreSQL read keywords and unquoted identifiers
+    in any case (PostgreSQL folds them to lower case), and the ledgers read rows by position.
+    A quoted name or literal, a format field or a Python-side key is case-sensitive, so a
+    mutant of one is run like any other."""
+    changed = differences(original, mutant)
+    if not changed or len(changed) != 1:
+        return None
+    old, new = changed[0]
+    if not (isinstance(old, str) and isinstance(new, str)) or old.lower() != new.lower():
+        return None
+    if SQL_KEYWORD.search(old) is None or CASE_SENSITIVE.search(old):
+        return None
+    return old
+
+
+def generated_mutants(module: str) -> dict[str, str | None]:
+    """Every mutant mutmut makes of `module`, by full name, with the SQL text it only changes
+    the case of (None for the others). mutmut's own generator, run here: the same names and
+    code `mutmut run` makes."""
+    from mutmut.mutation.file_mutation import mutate_file_contents
+
+    mutated = mutate_file_contents(module, (ROOT / module).read_text())
+    functions: dict[str, ast.AST] = {}
+    pending = list(ast.parse(mutated.code).body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.ClassDef):
+            pending += node.body
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            functions[node.name] = node
+    dotted = module.removeprefix("src/").removesuffix(".py").replace("/", ".")
+    found: dict[str, str | None] = {}
+    for name in mutated.mutant_names:
+        original = functions[name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig"]
+        found[f"{dotted}.{name}"] = sql_case_change(original, functions[name])
+    return found
+
+
 def locate(mutant: Mutant, source: str) -> None:
     """Set the mutant's function and file line from its name and its function-relative diff."""
     match = MUTANT_NAME.match(mutant.name)
@@ -510,11 +592,24 @@ def run_module(module: str, files: list[str], jobs: int, functions: list[str]) -
     """Mutation-test `module`: every mutant, or only those of `functions` when given."""
     result = ModuleResult(module, TESTS[module], tuple(functions))
     patterns = function_patterns(module, functions)
+    generated = {
+        name: sql
+        for name, sql in generated_mutants(module).items()
+        if not patterns or any(fnmatch(name, p) for p in patterns)
+    }
+    by_rule = {name: sql for name, sql in generated.items() if sql is not None}
+    # With mutants judged by rule, mutmut is told the others by name; else by function pattern.
+    to_run = [name for name in generated if name not in by_rule] if by_rule else patterns
     work = prepare(module, files)
     log = work / "mutmut.log"
     print(f"== {module}: mutmut with {' '.join(result.tests)}", flush=True)
+    if by_rule:
+        print(f"   {len(by_rule)} mutants only change the case of SQL text: equivalent by rule")
+    if by_rule and not to_run:
+        result.mutants = [Mutant(name, SQL_CASE) for name in by_rule]
+        return result
     start = time.monotonic()
-    run = mutmut(work, "run", "--max-children", str(jobs), *patterns, log=log)
+    run = mutmut(work, "run", "--max-children", str(jobs), *to_run, log=log)
     result.seconds = time.monotonic() - start
     if run.returncode != 0 and "__mutmut_" not in (work / "mutants" / module).read_text():
         return result  # no function body mutmut can change (a NamedTuple's fields): 0 mutants
@@ -525,10 +620,10 @@ def run_module(module: str, files: list[str], jobs: int, functions: list[str]) -
     source = (ROOT / module).read_text()
     for row in listing.stdout.splitlines():
         name, _, status = row.strip().rpartition(": ")
-        if not name or (patterns and not any(fnmatch(name, p) for p in patterns)):
+        if not name or name not in generated:
             continue
-        mutant = Mutant(name, status)
-        if status not in CAUGHT:
+        mutant = Mutant(name, SQL_CASE if name in by_rule else status)
+        if mutant.status not in CAUGHT:
             shown = mutmut(work, "show", name).stdout
             mutant.diff = "\n".join(shown.splitlines()[1:]).strip()  # drop mutmut's title line
             locate(mutant, source)
@@ -541,24 +636,33 @@ def survivor_heading(module: str, mutant: Mutant) -> str:
     return f"{module}:{mutant.line} `{mutant.function}` mutant {number}: {mutant.status}"
 
 
+def changed_line(mutant: Mutant) -> str:
+    """The mutant's version of the line it changes (its diff's first added line)."""
+    added = [t[1:].strip() for t in mutant.diff.splitlines() if t.startswith("+")]
+    return next((t for t in added if not t.startswith("++")), "")
+
+
 def report(results: list[ModuleResult], head: str, started: datetime, seconds: float) -> str:
     out = [
         "# Mutation testing report",
         "",
         f"{started:%Y-%m-%d %H:%M} UTC, commit {head}, mutmut, {seconds / 60:.1f} minutes.",
         "",
-        "| module | mutants | killed | timeouts | survived | no tests | caught | time |",
-        "|---|---|---|---|---|---|---|---|",
+        "SQL case: mutants that only change the case of SQL text, equivalent by rule (not run,",
+        "not scored; `sql_case_change` in tools/mutate.py).",
+        "",
+        "| module | mutants | SQL case | killed | timeouts | survived | no tests | caught | time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if r.error:
-            out.append(f"| `{r.path}` | {r.error} | | | | | | |")
+            out.append(f"| `{r.path}` | {r.error} | | | | | | | |")
             continue
-        total = len(r.mutants)
-        caught = total - len(r.uncaught)
-        pct = 100.0 * caught / total if total else 100.0
+        caught = r.scored - len(r.uncaught)
+        pct = 100.0 * caught / r.scored if r.scored else 100.0
         out.append(
-            f"| `{r.path}` | {total} | {r.count('killed', 'caught by type check')} "
+            f"| `{r.path}` | {len(r.mutants)} | {r.count(SQL_CASE)} "
+            f"| {r.count('killed', 'caught by type check')} "
             f"| {r.count('timeout')} | {len(r.uncaught) - r.count('no tests')} "
             f"| {r.count('no tests')} | {pct:.1f} % | {r.seconds:.0f} s |"
         )
@@ -566,6 +670,11 @@ def report(results: list[ModuleResult], head: str, started: datetime, seconds: f
         out += ["", f"## `{r.path}`", "", "Tests: " + ", ".join(f"`{t}`" for t in r.tests), ""]
         if r.functions:
             out += ["Only the mutants of: " + ", ".join(f"`{f}`" for f in r.functions), ""]
+        judged = [m for m in r.mutants if m.status == SQL_CASE]
+        if judged:
+            out += ["Equivalent by rule, SQL text in another case (not run):", ""]
+            out += [f"- {survivor_heading(r.path, m)}: `{changed_line(m)}`" for m in judged]
+            out.append("")
         if not r.uncaught:
             out.append("No survivors." if not r.error else r.error)
             continue
