@@ -84,10 +84,14 @@ def test_function_patterns_select_exactly_that_function_s_mutants() -> None:
 
 
 def test_function_the_module_lacks_or_two_modules_are_refused() -> None:
-    """An unknown --function, or --function with more than one module, stops before any run."""
+    """An unknown --function or test file, or --function or --tests with more than one module,
+    stops before any run."""
+    waiters = "src/manager_gateway/waiters.py"
     for args, message in (
-        (["src/manager_gateway/waiters.py", "--function", "Nope.nothing"], "defines no function"),
+        ([waiters, "--function", "Nope.nothing"], "defines no function"),
         (["src/manager_gateway/session/", "--function", "check"], "exactly one module"),
+        (["src/manager_gateway/session/", "--tests", "tests/unit/test_access.py"], "one module"),
+        ([waiters, "--tests", "tests/unit/test_nope.py::test_x"], "no test file"),
     ):
         done = subprocess.run(
             [sys.executable, str(TOOL), "--list", *args], capture_output=True, text=True, timeout=30

@@ -5,6 +5,8 @@
     tools/mutate src/manager_gateway/session/     # every module of a package
     tools/mutate src/manager_gateway/runtime/mainloop.py --function MainLoop._lookup
                                                   # one function's mutants only (a changed one)
+    tools/mutate src/manager_gateway/ledger/postgres.py --function PostgresLedger._listen \
+        --tests tests/e2e/test_nodes.py           # ... against these tests instead of the table's
     tools/mutate --list                           # the module -> tests table; runs nothing
 
 Each module is tested in its own scratch copy of the working tree (tracked and untracked files that
@@ -445,7 +447,7 @@ def mutmut_config(module: str, tests: tuple[str, ...], also_copy: list[str]) -> 
     )
 
 
-def prepare(module: str, files: list[str]) -> Path:
+def prepare(module: str, files: list[str], tests: tuple[str, ...]) -> Path:
     """A fresh scratch copy of the working tree for one module, configured for mutmut."""
     work = WORK / module.removeprefix("src/").replace("/", "-").removesuffix(".py")
     if work.exists():
@@ -458,7 +460,7 @@ def prepare(module: str, files: list[str]) -> Path:
     pyproject = work / "pyproject.toml"
     text = pyproject.read_text()
     text = re.split(r"^\[tool\.mutmut\]", text, flags=re.M)[0]  # ours replaces any there
-    pyproject.write_text(text + mutmut_config(module, TESTS[module], top))
+    pyproject.write_text(text + mutmut_config(module, tests, top))
     return work
 
 
@@ -588,9 +590,11 @@ def locate(mutant: Mutant, source: str) -> None:
     mutant.line = guess
 
 
-def run_module(module: str, files: list[str], jobs: int, functions: list[str]) -> ModuleResult:
-    """Mutation-test `module`: every mutant, or only those of `functions` when given."""
-    result = ModuleResult(module, TESTS[module], tuple(functions))
+def run_module(
+    module: str, files: list[str], jobs: int, functions: list[str], tests: tuple[str, ...]
+) -> ModuleResult:
+    """Mutation-test `module` against `tests`: every mutant, or only those of `functions`."""
+    result = ModuleResult(module, tests, tuple(functions))
     patterns = function_patterns(module, functions)
     generated = {
         name: sql
@@ -600,7 +604,7 @@ def run_module(module: str, files: list[str], jobs: int, functions: list[str]) -
     by_rule = {name: sql for name, sql in generated.items() if sql is not None}
     # With mutants judged by rule, mutmut is told the others by name; else by function pattern.
     to_run = [name for name in generated if name not in by_rule] if by_rule else patterns
-    work = prepare(module, files)
+    work = prepare(module, files, tests)
     log = work / "mutmut.log"
     print(f"== {module}: mutmut with {' '.join(result.tests)}", flush=True)
     if by_rule:
@@ -667,7 +671,9 @@ def report(results: list[ModuleResult], head: str, started: datetime, seconds: f
             f"| {r.count('no tests')} | {pct:.1f} % | {r.seconds:.0f} s |"
         )
     for r in results:
-        out += ["", f"## `{r.path}`", "", "Tests: " + ", ".join(f"`{t}`" for t in r.tests), ""]
+        given = " (given with --tests, not the table's)" if r.tests != TESTS[r.path] else ""
+        tests = ", ".join(f"`{t}`" for t in r.tests)
+        out += ["", f"## `{r.path}`", "", f"Tests{given}: {tests}", ""]
         if r.functions:
             out += ["Only the mutants of: " + ", ".join(f"`{f}`" for f in r.functions), ""]
         judged = [m for m in r.mutants if m.status == SQL_CASE]
@@ -699,10 +705,21 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help="only this function's or method's (Class.name) mutants; one module; repeatable",
     )
+    parser.add_argument(
+        "--tests",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="run these tests (file or file::test) instead of the table's; one module; repeatable",
+    )
     args = parser.parse_args(argv)
     modules = select(args.modules)
-    if args.function and len(modules) != 1:
-        raise SystemExit("tools/mutate: --function needs exactly one module")
+    for option in ("function", "tests"):
+        if getattr(args, option) and len(modules) != 1:
+            raise SystemExit(f"tools/mutate: --{option} needs exactly one module")
+    missing = [t for t in args.tests if not (ROOT / t.partition("::")[0]).is_file()]
+    if missing:
+        raise SystemExit(f"tools/mutate: no test file {', '.join(missing)}")
     function_patterns(modules[0], args.function)  # an unknown name is refused before any work
     if args.list:
         for module in modules:
@@ -716,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with postgres_for_tests():
         for module in modules:
-            result = run_module(module, files, args.jobs, args.function)
+            tests = tuple(args.tests) or TESTS[module]
+            result = run_module(module, files, args.jobs, args.function, tests)
             results.append(result)
             print(result.score_line(), flush=True)
             for m in result.uncaught:
