@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import psycopg
 import pytest
 
@@ -283,6 +284,42 @@ async def test_a_node_refused_by_the_database_retries_then_catches_up(
     assert [e["retry_s"] for e in retries[:3]] == [0.1, 0.2, 0.4]
     assert all(database in e["error"] and e["log_level"] == "warning" for e in retries[:3])
     assert max(e["retry_s"] for e in retries) <= engine.RECONNECT_MAX_S
+
+
+async def test_a_listener_lost_before_it_listens_waits_longer_each_time(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's first two listening connections are cut by the server after they connect and
+    before their LISTEN. Each loss is logged and waited out, 0.1 s then 0.2 s, as after a
+    refused connect, and the third connection's feed starts with a catch-up. Without the wait a
+    node would hammer a database that drops it; a delay lost on the way would end the feed."""
+    ledger = PostgresLedger(ledger_url)
+    await ledger.load(10)
+    connect, cuts = asyncpg.connect, [0, 0]
+
+    async def connect_then_cut(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+        connection = await connect(*args, **kwargs)
+        if cuts:  # wait until the server process is gone, so the LISTEN meets a dead connection
+            cuts.pop()
+            pid = connection.get_server_pid()
+            execute(ledger_url, "SELECT pg_terminate_backend(%s, 5000)", pid)
+        return connection
+
+    monkeypatch.setattr(asyncpg, "connect", connect_then_cut)
+    feed = ledger.peer_events()
+    try:
+        with captured_log(monkeypatch, engine) as logs:
+            first = await asyncio.wait_for(anext(feed), 10)
+    finally:
+        await feed.aclose()
+        await ledger.close()
+    assert first.catch_up and not cuts
+    assert [(e["event"], e.get("retry_s")) for e in logs] == [
+        ("peer_listener_lost", None),
+        ("peer_listener_unavailable", 0.1),
+        ("peer_listener_lost", None),
+        ("peer_listener_unavailable", 0.2),
+    ]
 
 
 async def test_a_silent_listening_connection_is_probed_and_replaced(
