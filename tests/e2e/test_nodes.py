@@ -173,15 +173,17 @@ async def test_one_ext_id_sent_to_two_nodes_at_once_is_applied_once(
 async def test_an_adjustment_and_its_cancel_on_different_nodes(
     make_gateway: GatewayFactory, tmp_path: Path, ledger_url: str
 ) -> None:
+    """B starts after A took the adjustment, so it loads a ledger holding its journal row."""
     a = await settlement_gateway(make_gateway, data_dir=tmp_path / "a", jwt_secret=SECRET)
-    b = await settlement_gateway(make_gateway, data_dir=tmp_path / "b", jwt_secret=SECRET)
     tcp = await a.client()
     await fund(tcp, a, HOT)
     async with aiohttp.ClientSession() as http:
-        on_a, on_b = Platform(base_url(a), http), Platform(base_url(b), http)
+        on_a = Platform(base_url(a), http)
         body = adjustment(HOT, "12.50")
         taken = await on_a.adjust(body)
         assert taken["code"] == "0", taken
+        b = await settlement_gateway(make_gateway, data_dir=tmp_path / "b", jwt_secret=SECRET)
+        on_b = Platform(base_url(b), http)
         number = body["requestUniqueNo"]
         cancel = cancellation(HOT, number, "12.50")
         undone = await on_b.cancel(cancel)

@@ -24,7 +24,7 @@ import pytest
 from manager_gateway.ledger import postgres as engine
 from manager_gateway.ledger.postgres import PostgresLedger, lock_id
 from manager_gateway.runtime import mainloop
-from manager_gateway.runtime.storage import Batch, RecordFilter, StorageError
+from manager_gateway.runtime.storage import Batch, Lookup, RecordFilter, StorageError
 
 from ..conftest import DEMO_USER, Client, GatewayFactory, Harness, captured_log
 from ..fakes import FakeClock
@@ -503,6 +503,40 @@ async def test_a_commit_no_fetch_began_is_refused_and_writes_nothing(ledger_url:
     finally:
         await ledger.close()
     assert execute(ledger_url, "SELECT count(*) FROM accounts") == [(0,)]
+
+
+async def test_a_start_that_cannot_read_the_ledger_names_the_databases_reason(
+    ledger_url: str,
+) -> None:
+    """A table gone from under a migrated ledger: the start fails saying what the database
+    said, the text the operator's log shows."""
+    first = PostgresLedger(ledger_url)
+    await first.load(10)
+    await first.close()
+    execute(ledger_url, "ALTER TABLE accounts RENAME TO accounts_away")
+    ledger = PostgresLedger(ledger_url)
+    try:
+        reason = 'relation "accounts" does not exist'
+        with pytest.raises(StorageError, match=rf"^reading the ledger failed: {reason}$"):
+            await ledger.load(10)
+    finally:
+        await ledger.close()
+
+
+async def test_a_writer_the_database_refuses_names_the_databases_reason(
+    ledger_url: str, postgres: PostgresServer
+) -> None:
+    """The writer's connection cannot be (re)opened: the batch fails saying why."""
+    database = urlsplit(ledger_url).path.lstrip("/")
+    ledger = PostgresLedger(ledger_url)
+    execute(postgres.url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+    try:
+        reason = f'database "{database}" is not currently accepting connections'
+        with pytest.raises(StorageError, match=rf"^cannot connect to the ledger: {reason}$"):
+            await ledger.fetch(Lookup())
+    finally:
+        execute(postgres.url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        await ledger.close()
 
 
 async def test_history_reads_that_fail_name_the_databases_reason(ledger_url: str) -> None:
