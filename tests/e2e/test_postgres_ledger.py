@@ -475,19 +475,28 @@ async def test_a_commit_the_database_refuses_applies_nothing_and_logs_why(
 async def test_every_connection_is_named_for_its_node_and_role(
     make_gateway: GatewayFactory, ledger_url: str
 ) -> None:
+    """A node's connections, as docs/scaling.md counts them for sizing max_connections: one
+    writer, one listener, and never more readers than READ_CONNECTIONS however many reads
+    overlap (the listener's catch-up is one of them)."""
     h = await make_gateway()
-    client = await h.client()
-    await client.ok("MngGetTradesByFilter", {})  # a reader's connection
-    names = {
-        row[0]
-        for row in execute(
+    clients = [await h.client() for _ in range(8)]
+    await clients[0].ok("MngGetTradesByFilter", {})  # a reader's connection
+
+    def names() -> list[str]:
+        rows = execute(
             ledger_url,
             "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
             " AND application_name LIKE 'gateway-%'",
         )
-    }
+        return sorted(row[0] for row in rows)
+
     node = node_of(h)
-    assert names == {f"gateway-{node}-{role}" for role in ("writer", "reader", "events")}
+    await until(lambda: f"gateway-{node}-events" in names(), "the node listens")
+    await asyncio.gather(*(c.ok("MngGetTradesByFilter", {}) for c in clients))
+    held = names()
+    assert set(held) == {f"gateway-{node}-{role}" for role in ("events", "reader", "writer")}
+    assert held.count(f"gateway-{node}-events") == held.count(f"gateway-{node}-writer") == 1
+    assert held.count(f"gateway-{node}-reader") <= engine.READ_CONNECTIONS
 
 
 async def test_a_commit_no_fetch_began_is_refused_and_writes_nothing(ledger_url: str) -> None:
