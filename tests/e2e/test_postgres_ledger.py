@@ -390,6 +390,29 @@ async def test_a_connection_lost_during_commit_is_answered_as_an_unknown_outcome
     assert h.verify() == []
 
 
+async def test_a_node_keeps_a_window_of_history_and_a_restart_loads_one(
+    make_gateway: GatewayFactory, tmp_path: Path, ledger_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """With `history_window` 3, a node takes seven keyed credits: memory forgets the oldest
+    after each batch and the node goes on. A node started next on the ledger loads the newest
+    three records and keys, and its start line counts them and the next order number."""
+    window = 3
+    first = await make_gateway(data_dir=tmp_path / "a", history_window=window, jwt_secret=SECRET)
+    client = await first.client()
+    await first.add_user(client, LOGIN)
+    for n in range(1, 8):
+        await client.ok("BalanceIn", {"login": LOGIN, "amount": n}, ext_id=f"credit-{n}")
+    assert first.gateway.runtime.state.record_count == window
+    assert first.gateway.runtime.state.key_count == window
+    with captured_log(monkeypatch, mainloop) as logs:
+        await make_gateway(data_dir=tmp_path / "b", history_window=window, jwt_secret=SECRET)
+    (started,) = [e for e in logs if e["event"] == "main_loop_started"]
+    ((newest,),) = execute(ledger_url, "SELECT max(ord) FROM records")
+    counted = (started["records"], started["idempotency_keys"], started["next_order"])
+    assert counted == (window, window, newest + 1)
+
+
 async def test_each_operation_reserves_one_order_number(make_gateway: GatewayFactory) -> None:
     """Order numbers come from a sequence, one drawn per operation that may create a record: with
     nothing rolled back, records are numbered one after another."""
