@@ -134,6 +134,11 @@ def test_only_a_case_change_of_plain_sql_text_is_judged_equivalent() -> None:
     assert judge(original, both) is None
     assert judge(original, original) is None
 
+    fragment = " AND created_at < ?"  # a piece of a query built in steps
+    before = function_of(f"def h__mutmut_orig(query):\n    return query + {fragment!r}\n")
+    after = function_of(f"def h__mutmut_3(query):\n    return query + {fragment.lower()!r}\n")
+    assert judge(before, after) == fragment
+
     for text in (
         "SELECT name FROM accounts WHERE grp = 'VIP'",  # a quoted literal
         'SELECT "Login" FROM accounts',  # a quoted identifier

@@ -292,7 +292,8 @@ SQL_CASE = "equivalent: SQL case"
 # SQL text as the code writes it: an upper-case keyword as a whole word.
 SQL_KEYWORD = re.compile(
     r"\b(SELECT|INSERT|UPDATE|DELETE|FROM|WHERE|JOIN|ORDER BY|GROUP BY|VALUES|RETURNING|WITH"
-    r"|CREATE|ALTER|DROP|BEGIN|COMMIT|ROLLBACK|PRAGMA|LISTEN|NOTIFY)\b"
+    r"|AND|OR|ON|AS|SET|LIMIT|OFFSET|DISTINCT|CREATE|ALTER|DROP|BEGIN|COMMIT|ROLLBACK|PRAGMA"
+    r"|LISTEN|NOTIFY)\b"
 )
 # What makes a case change matter even in SQL: a quoted literal or identifier, a format field.
 CASE_SENSITIVE = re.compile(r"['\"`{}%]|\$\$")
