@@ -87,6 +87,7 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_internal_errors.py",
         "tests/e2e/test_submission_order.py",
         "tests/e2e/test_documented_answers.py",
+        "tests/e2e/test_rejection_messages.py::test_an_unknown_command_and_a_missing_token_say_so",
     ),
     f"{PKG}/runtime/mainloop.py": (
         "tests/unit/test_connection.py",
@@ -242,6 +243,7 @@ TESTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_events.py",
         "tests/unit/test_connection.py",
         "tests/e2e/test_documented_answers.py",
+        "tests/e2e/test_rejection_messages.py::test_an_unknown_command_and_a_missing_token_say_so",
     ),
     f"{PKG}/session/tokens.py": (
         "tests/unit/test_tokens.py",
