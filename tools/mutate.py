@@ -372,6 +372,11 @@ def split_name(function: str) -> tuple[str | None, str]:
     return (cls or None), name
 
 
+def dotted_name(module: str) -> str:
+    """`src/manager_gateway/waiters.py` -> `manager_gateway.waiters`, as mutmut names mutants."""
+    return module.removeprefix("src/").removesuffix(".py").replace("/", ".")
+
+
 def function_patterns(module: str, functions: list[str]) -> list[str]:
     """mutmut's name patterns for the mutants of `functions` (`name` or `Class.name`) in
     `module`; refuses a name the module does not define."""
@@ -379,7 +384,7 @@ def function_patterns(module: str, functions: list[str]) -> list[str]:
     unknown = [f for f in functions if function_node(source, *split_name(f)) is None]
     if unknown:
         raise SystemExit(f"tools/mutate: {module} defines no function {', '.join(unknown)}")
-    dotted = module.removeprefix("src/").removesuffix(".py").replace("/", ".")
+    dotted = dotted_name(module)
     patterns = []
     for function in functions:
         cls, name = split_name(function)
@@ -554,7 +559,7 @@ def generated_mutants(module: str) -> dict[str, str | None]:
             pending += node.body
         elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             functions[node.name] = node
-    dotted = module.removeprefix("src/").removesuffix(".py").replace("/", ".")
+    dotted = dotted_name(module)
     found: dict[str, str | None] = {}
     for name in mutated.mutant_names:
         original = functions[name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig"]
@@ -607,9 +612,11 @@ def run_module(
     by_rule = {name: sql for name, sql in generated.items() if sql is not None}
     # With mutants judged by rule, mutmut is told the others by name; else by function pattern.
     to_run = [name for name in generated if name not in by_rule] if by_rule else patterns
+    print(f"== {module}: mutmut with {' '.join(result.tests)}", flush=True)
+    if not generated:
+        return result  # no function body mutmut can change (a NamedTuple's fields): 0 mutants
     work = prepare(module, files, tests)
     log = work / "mutmut.log"
-    print(f"== {module}: mutmut with {' '.join(result.tests)}", flush=True)
     if by_rule:
         print(f"   {len(by_rule)} mutants only change the case of SQL text: equivalent by rule")
     if by_rule and not to_run:
@@ -618,8 +625,6 @@ def run_module(
     start = time.monotonic()
     run = mutmut(work, "run", "--max-children", str(jobs), *to_run, log=log)
     result.seconds = time.monotonic() - start
-    if run.returncode != 0 and "__mutmut_" not in (work / "mutants" / module).read_text():
-        return result  # no function body mutmut can change (a NamedTuple's fields): 0 mutants
     if run.returncode != 0:
         result.error = f"mutmut run exited {run.returncode}; see {log.relative_to(ROOT)}"
         return result
