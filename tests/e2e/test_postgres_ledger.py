@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -198,6 +199,16 @@ def terminate(url: str, application_name: str) -> None:
     )
 
 
+@contextmanager
+def refusing_connections(postgres: PostgresServer, database: str) -> Iterator[None]:
+    """The database refuses new connections inside the block; those open go on."""
+    execute(postgres.url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+    try:
+        yield
+    finally:
+        execute(postgres.url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+
 def backends(url: str, application_name: str) -> list[int]:
     """The server processes of the connections with that name."""
     rows = execute(
@@ -259,8 +270,7 @@ async def test_a_node_refused_by_the_database_retries_then_catches_up(
     listener = f"gateway-{node_of(b)}-events"
     await until(lambda: bool(backends(postgres.url, listener)), "B listens")
     with captured_log(monkeypatch, engine) as logs:
-        execute(postgres.url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-        try:
+        with refusing_connections(postgres, database):
             terminate(postgres.url, listener)
             made = [await on_a.ok("BalanceInSync", {"login": LOGIN, "amount": n}) for n in (1, 2)]
             await on_a.ok("AddUser", {**DEMO_USER, "login": NEW_LOGIN})
@@ -270,8 +280,6 @@ async def test_a_node_refused_by_the_database_retries_then_catches_up(
                 return len([e for e in logs if e["event"] == "peer_listener_unavailable"]) >= 3
 
             await until(retried, "B retried three times")
-        finally:
-            execute(postgres.url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
         got = [await on_b.next_event(timeout=10) for _ in range(6)]
     assert [e["data"] for e in got if e["event"] == "trade:event"] == made
     balances = [
@@ -561,13 +569,14 @@ async def test_a_writer_the_database_refuses_names_the_databases_reason(
     """The writer's connection cannot be (re)opened: the batch fails saying why."""
     database = urlsplit(ledger_url).path.lstrip("/")
     ledger = PostgresLedger(ledger_url)
-    execute(postgres.url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+    reason = f'database "{database}" is not currently accepting connections'
     try:
-        reason = f'database "{database}" is not currently accepting connections'
-        with pytest.raises(StorageError, match=rf"^cannot connect to the ledger: {reason}$"):
+        with (
+            refusing_connections(postgres, database),
+            pytest.raises(StorageError, match=rf"^cannot connect to the ledger: {reason}$"),
+        ):
             await ledger.fetch(Lookup())
     finally:
-        execute(postgres.url, f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
         await ledger.close()
 
 
