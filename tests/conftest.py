@@ -39,7 +39,10 @@ DEMO_USER = {
     "email": "user@example.com",
 }
 
-POLL_ROUNDS = 500  # each round is a real request round trip, not a sleep
+# How long a poll waits for what another thread or process brings about (a commit on the
+# writer thread, a signal handled). Each round is a real request round trip, not a sleep; the
+# bound is time, not a count of rounds, because a round trip is far quicker than an fsync.
+POLL_S = 10.0
 PORT_ATTEMPTS = 5
 
 
@@ -234,9 +237,17 @@ class Harness:
 GatewayFactory = Callable[..., Awaitable[Harness]]
 
 
+def poll_rounds() -> Iterator[None]:
+    """The rounds of a poll: at least one, then more until POLL_S has passed."""
+    deadline = time.monotonic() + POLL_S
+    yield
+    while time.monotonic() < deadline:
+        yield
+
+
 async def wait_until(probe: Client, condition: Callable[[], bool]) -> None:
     """Poll with HealthCheck round trips until `condition()` holds (bounded)."""
-    for _ in range(POLL_ROUNDS):
+    for _ in poll_rounds():
         if condition():
             return
         await probe.ok("HealthCheck")

@@ -8,7 +8,7 @@ from typing import Any
 
 from manager_gateway.ledger.verify import verify_ledger
 
-from ..conftest import POLL_ROUNDS, Client, GatewayFactory, Harness, wait_until
+from ..conftest import Client, GatewayFactory, Harness, poll_rounds, wait_until
 from ..fakes import GatedLedger, storage_of
 
 CONNECTIONS = 20
@@ -107,7 +107,7 @@ async def test_closed_session_pending_sync_operations_still_complete(
         account = await observer.ok("GetAccountByLogin", {"login": 4001})
         return float(account["credit"])
 
-    for _ in range(POLL_ROUNDS):
+    for _ in poll_rounds():
         if await credit() == sum(amounts):
             break
     assert await credit() == sum(amounts)

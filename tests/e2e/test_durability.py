@@ -26,7 +26,7 @@ import pytest
 from manager_gateway.ledger.sqlite import LEDGER_FILE
 from manager_gateway.runtime.records import Cmd
 
-from ..conftest import DEMO_USER, POLL_ROUNDS, Client
+from ..conftest import DEMO_USER, Client, poll_rounds
 
 pytestmark = pytest.mark.slow
 
@@ -564,7 +564,7 @@ async def test_sigterm_under_load_answers_everything_and_exits_cleanly(tmp_path:
         assert (await probe.request("HealthCheck"))["status"] == 200
         server.proc.send_signal(signal.SIGTERM)
         # HealthCheck round trips until the signal is handled: 200 before, 503 once draining.
-        for _ in range(POLL_ROUNDS):
+        for _ in poll_rounds():
             health = await probe.request("HealthCheck", ext_id=probe.next_ext_id())
             if health["status"] != 200:
                 break
